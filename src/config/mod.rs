@@ -1,0 +1,574 @@
+//! The service configuration: a serde mirror of `cleanpipe.yaml`.
+//!
+//! Every key has a default (documented on the field and in README), unknown keys are rejected,
+//! and errors name the file, line and key. Parsing is split from I/O ([`Config::from_path`] reads,
+//! [`Config::from_str`] parses) so tests can load configuration from a string.
+//!
+//! Relative paths in the file are resolved against the directory that holds the file, so a
+//! configuration works the same wherever `cleanpipe` is started from.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The configuration that `cleanpipe serve` uses when no `--config` is given: the quick start.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/quickstart.yaml");
+
+/// A configuration that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key or a bad value.
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        /// The file (or `<embedded>`).
+        file: String,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{file}: {message}")]
+    Invalid {
+        /// The file (or `<embedded>`).
+        file: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where DNS is served. Default: UDP and TCP on 127.0.0.1:5300.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Who may use the resolver. Default: loopback and private ranges only.
+    #[serde(default)]
+    pub clients: ClientsConfig,
+    /// How names are resolved for allowed queries. Default: recursion from the IANA root.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
+    /// The answer cache. Default: 100,000 entries.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Where the policy (infected subscribers, enrolments, organisations, mode) and allowlists live.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Addresses that blocked names are pointed at (the cleanup page).
+    #[serde(default)]
+    pub sinkhole: SinkholeConfig,
+    /// The admin HTTP API. Default: 127.0.0.1:8053, token required.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Durable runtime state (admin changes, alerts). Default: `cleanpipe-state.sqlite`.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Logging. Default: `info` for cleanpipe, warnings for hickory, human-readable text.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `listen:` — the DNS sockets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Addresses served over both UDP and TCP. Default: `["127.0.0.1:5300"]`.
+    #[serde(default = "default_dns_listen")]
+    pub dns: Vec<SocketAddr>,
+    /// Serving threads, each with its own SO_REUSEPORT sockets. Default: 0 = one per CPU core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Seconds an idle TCP connection is kept open. Default: 10.
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    /// UDP receive buffer asked of the kernel per socket, in bytes. Default: 4 MiB.
+    #[serde(default = "default_udp_buffer")]
+    pub udp_receive_buffer: usize,
+}
+
+/// `clients:` — access control. cleanpipe is never an open resolver by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Networks whose queries are answered; everyone else gets REFUSED.
+    /// Default: loopback, RFC 1918, 100.64.0.0/10 (CGNAT), fc00::/7 (ULA) and link-local.
+    #[serde(default = "default_allowed_clients")]
+    pub allow: Vec<IpNet>,
+}
+
+/// Which resolution backend answers allowed queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolverMode {
+    /// Iterative resolution from the root hints.
+    Recursive,
+    /// Forward to the `forward:` upstreams.
+    Forward,
+}
+
+/// `resolver:` — the resolution backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// `recursive` (default) or `forward`.
+    #[serde(default = "default_mode")]
+    pub mode: ResolverMode,
+    /// Root hints zone file for `recursive`. Default: the IANA hints built into the binary
+    /// (also shipped as `zones/root.hints`). Point it at a private root for tests or labs.
+    #[serde(default)]
+    pub root_hints: Option<PathBuf>,
+    /// Upstream resolvers for `forward` mode: `- address: 192.0.2.53` with optional `port:` (53).
+    #[serde(default)]
+    pub forward: Vec<Upstream>,
+    /// Seconds before one upstream query is abandoned. Default: 2.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout_secs: u64,
+    /// Seconds before a whole resolution is abandoned and the client gets SERVFAIL. Default: 5.
+    #[serde(default = "default_resolution_timeout")]
+    pub resolution_timeout_secs: u64,
+    /// Allow the recursor to query name servers on loopback and private addresses. Default:
+    /// false (they are refused, as a protection against rebinding); set true for a private root.
+    #[serde(default)]
+    pub allow_private_servers: bool,
+}
+
+/// One upstream resolver for forward mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Its IPv4 or IPv6 address.
+    pub address: IpAddr,
+    /// Its port. Default: 53.
+    #[serde(default = "default_dns_port")]
+    pub port: u16,
+}
+
+/// `cache:` — the answer cache in front of both backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Maximum number of cached answers (positive and negative). Default: 100,000. 0 disables.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    /// Answers are cached at least this many seconds. Default: 0.
+    #[serde(default)]
+    pub min_ttl: u32,
+    /// Answers are cached at most this many seconds. Default: 86,400 (one day).
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: u32,
+    /// NXDOMAIN/NODATA answers are cached at most this many seconds. Default: 3,600.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_max_ttl: u32,
+    /// Seconds a SERVFAIL is remembered, to protect upstreams from retry storms. Default: 5.
+    #[serde(default = "default_servfail_ttl")]
+    pub servfail_ttl: u32,
+}
+
+/// `policy:` — where policy comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of policy files (`infected*.yaml|csv`, `enrolments*.yaml`,
+    /// `organisations*.yaml`, `mode.yaml`). Default: none (no policy: everyone resolves normally).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Directory of curated allowlists (services, profiles, remediation, probes).
+    /// Default: `allowlists` next to the configuration file.
+    #[serde(default = "default_allowlists")]
+    pub allowlists: PathBuf,
+    /// Milliseconds to wait for a burst of file changes to settle before reloading. Default: 200.
+    #[serde(default = "default_debounce")]
+    pub reload_debounce_ms: u64,
+    /// Profile used for everyone during global trusted-only mode. Default: `clean-pipe`.
+    #[serde(default = "default_global_profile")]
+    pub global_profile: String,
+    /// Extra remediation names (e.g. the ISP's own support site) that quarantined subscribers
+    /// may still reach. Default: none.
+    #[serde(default)]
+    pub remediation_extra: Vec<String>,
+}
+
+/// `sinkhole:` — the walled garden.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkholeConfig {
+    /// IPv4 address(es) of the cleanup page returned for A queries. Default: 127.0.0.1.
+    #[serde(default = "default_sinkhole_v4")]
+    pub ipv4: Vec<Ipv4Addr>,
+    /// IPv6 address(es) of the cleanup page returned for AAAA queries. Default: ::1.
+    #[serde(default = "default_sinkhole_v6")]
+    pub ipv6: Vec<Ipv6Addr>,
+    /// TTL of sinkhole answers in seconds: short, so a cleaned host recovers fast. Default: 60.
+    #[serde(default = "default_sinkhole_ttl")]
+    pub ttl: u32,
+    /// Information page for trusted-zone profiles with `blocked: info-page`. Default: the same
+    /// addresses as the cleanup page.
+    #[serde(default)]
+    pub info_ipv4: Option<Vec<Ipv4Addr>>,
+    /// IPv6 of the information page. Default: the same as `ipv6`.
+    #[serde(default)]
+    pub info_ipv6: Option<Vec<Ipv6Addr>>,
+}
+
+/// `admin:` — the admin HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Default: 127.0.0.1:8053 (loopback only). `null` disables the API.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token. Default: none, in which case `CLEANPIPE_ADMIN_TOKEN` from the environment is
+    /// used; with neither, every call is refused with 401.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// `state:` — durable runtime state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// SQLite database file (created if missing). Default: `cleanpipe-state.sqlite` next to the
+    /// configuration file.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+/// `log:` — logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter. Default: `info,hickory_server=warn,hickory_resolver=error,hickory_net=error`.
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+    /// `text` (default) or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+fn default_dns_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 5300))]
+}
+fn default_tcp_idle() -> u64 {
+    10
+}
+fn default_udp_buffer() -> usize {
+    4 << 20
+}
+fn default_allowed_clients() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+fn default_mode() -> ResolverMode {
+    ResolverMode::Recursive
+}
+fn default_query_timeout() -> u64 {
+    2
+}
+fn default_resolution_timeout() -> u64 {
+    5
+}
+fn default_dns_port() -> u16 {
+    53
+}
+fn default_cache_entries() -> u64 {
+    100_000
+}
+fn default_max_ttl() -> u32 {
+    86_400
+}
+fn default_negative_ttl() -> u32 {
+    3_600
+}
+fn default_servfail_ttl() -> u32 {
+    5
+}
+fn default_allowlists() -> PathBuf {
+    PathBuf::from("allowlists")
+}
+fn default_debounce() -> u64 {
+    200
+}
+fn default_global_profile() -> String {
+    "clean-pipe".to_owned()
+}
+fn default_sinkhole_v4() -> Vec<Ipv4Addr> {
+    vec![Ipv4Addr::LOCALHOST]
+}
+fn default_sinkhole_v6() -> Vec<Ipv6Addr> {
+    vec![Ipv6Addr::LOCALHOST]
+}
+fn default_sinkhole_ttl() -> u32 {
+    60
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 8053)))
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from("cleanpipe-state.sqlite")
+}
+fn default_log_filter() -> String {
+    "info,hickory_server=warn,hickory_resolver=error,hickory_net=error,hickory_proto=error"
+        .to_owned()
+}
+fn default_log_format() -> String {
+    "text".to_owned()
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            dns: default_dns_listen(),
+            threads: 0,
+            tcp_idle_timeout_secs: default_tcp_idle(),
+            udp_receive_buffer: default_udp_buffer(),
+        }
+    }
+}
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        Self {
+            allow: default_allowed_clients(),
+        }
+    }
+}
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            mode: default_mode(),
+            root_hints: None,
+            forward: Vec::new(),
+            query_timeout_secs: default_query_timeout(),
+            resolution_timeout_secs: default_resolution_timeout(),
+            allow_private_servers: false,
+        }
+    }
+}
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+            min_ttl: 0,
+            max_ttl: default_max_ttl(),
+            negative_max_ttl: default_negative_ttl(),
+            servfail_ttl: default_servfail_ttl(),
+        }
+    }
+}
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            allowlists: default_allowlists(),
+            reload_debounce_ms: default_debounce(),
+            global_profile: default_global_profile(),
+            remediation_extra: Vec::new(),
+        }
+    }
+}
+impl Default for SinkholeConfig {
+    fn default() -> Self {
+        Self {
+            ipv4: default_sinkhole_v4(),
+            ipv6: default_sinkhole_v6(),
+            ttl: default_sinkhole_ttl(),
+            info_ipv4: None,
+            info_ipv6: None,
+        }
+    }
+}
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            path: default_state_path(),
+        }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: default_log_filter(),
+            format: default_log_format(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a configuration file; relative paths resolve against its directory.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_str_in(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded quick-start configuration; relative paths resolve against `base` (usually
+    /// the current directory).
+    pub fn embedded(base: &Path) -> Result<Self, ConfigError> {
+        Self::from_str_in(EMBEDDED_DEFAULT, "<embedded quickstart.yaml>", base)
+    }
+
+    /// Parses configuration text. `file` names it in errors; relative paths resolve against `base`.
+    pub fn from_str_in(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = if text.trim().is_empty() {
+            serde_norway::from_str("{}")
+        } else {
+            serde_norway::from_str(text)
+        }
+        .map_err(|e| yaml_error(file, &e))?;
+        config.resolve_paths(base);
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.resolver.root_hints.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.policy.dir.as_mut() {
+            join(p);
+        }
+        join(&mut self.policy.allowlists);
+        join(&mut self.state.path);
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        if self.listen.dns.is_empty() {
+            return Err(invalid("listen.dns: at least one address is needed".into()));
+        }
+        if self.resolver.mode == ResolverMode::Forward && self.resolver.forward.is_empty() {
+            return Err(invalid(
+                "resolver.forward: mode is `forward` but no upstream is listed".into(),
+            ));
+        }
+        if self.sinkhole.ipv4.is_empty() && self.sinkhole.ipv6.is_empty() {
+            return Err(invalid(
+                "sinkhole: at least one ipv4 or ipv6 address is needed".into(),
+            ));
+        }
+        if self.cache.min_ttl > self.cache.max_ttl {
+            return Err(invalid(format!(
+                "cache.min_ttl ({}) is above cache.max_ttl ({})",
+                self.cache.min_ttl, self.cache.max_ttl
+            )));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(format!(
+                "log.format: `{}` is not `text` or `json`",
+                self.log.format
+            )));
+        }
+        Ok(())
+    }
+
+    /// The admin token: from the file, else `CLEANPIPE_ADMIN_TOKEN`. Empty tokens count as none.
+    pub fn admin_token(&self) -> Option<String> {
+        self.admin
+            .token
+            .clone()
+            .or_else(|| std::env::var("CLEANPIPE_ADMIN_TOKEN").ok())
+            .filter(|t| !t.trim().is_empty())
+    }
+}
+
+/// Turns a YAML error into a [`ConfigError::Parse`] with file and line.
+pub fn yaml_error(file: &str, e: &serde_norway::Error) -> ConfigError {
+    let line = e.location().map(|l| l.line()).unwrap_or(0);
+    // serde_norway appends " at line X column Y" to its message; keep the message clean.
+    let mut message = e.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    ConfigError::Parse {
+        file: file.to_owned(),
+        line,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_safe_defaults() {
+        let c = Config::from_str_in("", "t.yaml", Path::new("/etc/cleanpipe")).expect("empty is valid");
+        assert_eq!(c.listen.dns, default_dns_listen());
+        assert_eq!(c.resolver.mode, ResolverMode::Recursive);
+        assert!(!c.clients.allow.iter().any(|n| n.prefix_len() == 0), "never open by default");
+        assert_eq!(c.state.path, Path::new("/etc/cleanpipe/cleanpipe-state.sqlite"));
+        assert_eq!(c.sinkhole.ttl, 60);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "listen:\n  dns: [\"127.0.0.1:53\"]\n  treads: 2\n";
+        let err = Config::from_str_in(text, "c.yaml", Path::new(".")).expect_err("typo must be rejected");
+        let msg = err.to_string();
+        assert!(msg.starts_with("c.yaml:3:"), "{msg}");
+        assert!(msg.contains("treads"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let text = "clients:\n  allow:\n    - 10.0.0.0/8\n    - 10.0.0.300/8\n";
+        let err = Config::from_str_in(text, "c.yaml", Path::new(".")).expect_err("bad CIDR");
+        assert!(err.to_string().starts_with("c.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn forward_without_upstreams_is_invalid() {
+        let err = Config::from_str_in("resolver:\n  mode: forward\n", "c.yaml", Path::new("."))
+            .expect_err("forward needs upstreams");
+        assert!(err.to_string().contains("resolver.forward"), "{err}");
+    }
+
+    #[test]
+    fn embedded_quickstart_parses() {
+        let c = Config::embedded(Path::new(".")).expect("the shipped default must parse");
+        assert_eq!(c.listen.dns[0].port(), 5300);
+    }
+}

@@ -1,0 +1,168 @@
+//! DNS listeners: one serving thread per core, each with a current-thread runtime and its own
+//! SO_REUSEPORT UDP socket and TCP listener per configured address.
+//!
+//! Why: measured on our 2-core machines (shared/PEERS.md), hickory-server on one multi-thread
+//! runtime with one socket cost ~1.65× the CPU per query of a bare UDP loop, while one
+//! current-thread runtime per core with its own socket was at parity. The kernel spreads
+//! clients over the sockets; each thread never synchronises with the others on the answer path.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hickory_server::Server;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use super::DnsHandler;
+use crate::config::ListenConfig;
+
+/// A failure to start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A thread or runtime could not be started.
+    #[error("cannot start serving thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Running serving threads.
+pub struct Listeners {
+    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// The bound addresses (with real ports when port 0 was asked).
+    pub addrs: Vec<SocketAddr>,
+}
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> Result<std::net::UdpSocket, ListenError> {
+    let err = |source| ListenError::Bind { addr, proto: "udp", source };
+    let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
+    if rcvbuf > 0 {
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = s.set_recv_buffer_size(rcvbuf);
+    }
+    s.bind(&addr.into()).map_err(err)?;
+    Ok(s.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+    let err = |source| ListenError::Bind { addr, proto: "tcp", source };
+    let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(1024).map_err(err)?;
+    Ok(s.into())
+}
+
+impl Listeners {
+    /// Binds every socket (so errors surface before anything serves), then starts the threads.
+    pub fn start(config: &ListenConfig, handler: DnsHandler) -> Result<Self, ListenError> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Resolve port 0 once so every thread's socket shares the same port.
+        let mut addrs = Vec::new();
+        let mut per_thread: Vec<Vec<(std::net::UdpSocket, std::net::TcpListener)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for &want in &config.dns {
+            let mut addr = want;
+            for sockets in per_thread.iter_mut() {
+                let udp = bind_udp(addr, config.udp_receive_buffer)?;
+                if addr.port() == 0 {
+                    addr = udp.local_addr().map_err(|source| ListenError::Bind { addr, proto: "udp", source })?;
+                }
+                let tcp = bind_tcp(addr)?;
+                sockets.push((udp, tcp));
+            }
+            addrs.push(addr);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let idle = Duration::from_secs(config.tcp_idle_timeout_secs.max(1));
+        let handler = Arc::new(handler);
+        let mut handles = Vec::new();
+        for (i, sockets) in per_thread.into_iter().enumerate() {
+            let handler = handler.clone();
+            let mut stop_rx = stop_rx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("dns-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot build serving runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let mut server = Server::new(SharedHandler(handler));
+                        for (udp, tcp) in sockets {
+                            match (tokio::net::UdpSocket::from_std(udp), tokio::net::TcpListener::from_std(tcp)) {
+                                (Ok(u), Ok(t)) => {
+                                    server.register_socket(u);
+                                    server.register_listener(t, idle, 64 * 1024);
+                                }
+                                (Err(e), _) | (_, Err(e)) => {
+                                    tracing::error!(error = %e, "cannot register socket");
+                                }
+                            }
+                        }
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                        if let Err(e) = server.shutdown_gracefully().await {
+                            tracing::debug!(error = %e, "listener shutdown");
+                        }
+                    });
+                })
+                .map_err(ListenError::Thread)?;
+            handles.push(h);
+        }
+        Ok(Self {
+            threads: handles,
+            stop,
+            addrs,
+        })
+    }
+
+    /// Stops accepting and joins the threads.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The handler shared by every serving thread.
+struct SharedHandler(Arc<DnsHandler>);
+
+#[async_trait::async_trait]
+impl hickory_server::server::RequestHandler for SharedHandler {
+    async fn handle_request<R: hickory_server::server::ResponseHandler, T: hickory_server::net::runtime::Time>(
+        &self,
+        request: &hickory_server::server::Request,
+        response_handle: R,
+    ) -> hickory_server::server::ResponseInfo {
+        self.0.handle_request::<R, T>(request, response_handle).await
+    }
+}

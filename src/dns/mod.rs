@@ -1,0 +1,280 @@
+//! The DNS front end: identify the client → decide → resolve or synthesize → respond.
+//!
+//! Every request gets an answer: malformed ones FORMERR, unsupported ones NOTIMP/REFUSED, EDNS
+//! versions above 0 BADVERS, backend failures SERVFAIL, each with a counter. Blocks carry an
+//! Extended DNS Error (RFC 8914) so operators and curious users can see why with `dig`:
+//! 15 Blocked (quarantine, global trusted-only mode), 17 Filtered (opted-in trusted zone),
+//! 18 Prohibited (client network not served). A blocked or refused query never reaches a backend.
+
+pub mod listen;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::policy::{Action, Page, QName, Question, Reason, decide};
+use crate::resolve::{Answer, Resolver};
+use crate::store::PolicyStore;
+
+/// The UDP payload size cleanpipe offers (the DNS Flag Day 2020 value).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// EDNS option code of Extended DNS Errors.
+const EDE_OPTION: u16 = 15;
+
+/// Handles every DNS request of every listener.
+pub struct DnsHandler {
+    store: Arc<PolicyStore>,
+    resolver: Arc<Resolver>,
+    inflight: Arc<AtomicUsize>,
+}
+
+/// A response before encoding.
+struct Reply {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    ede: Option<(u16, &'static str)>,
+}
+
+impl Reply {
+    fn error(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            ede: None,
+        }
+    }
+
+    fn from_answer(a: Answer) -> Self {
+        Self {
+            rcode: a.rcode,
+            answers: a.answers,
+            authorities: a.authorities,
+            ede: None,
+        }
+    }
+}
+
+/// Decrements the in-flight counter when a request is done, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl DnsHandler {
+    /// A handler over the policy store and resolver.
+    pub fn new(store: Arc<PolicyStore>, resolver: Arc<Resolver>) -> Self {
+        Self {
+            store,
+            resolver,
+            inflight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Requests being answered right now (graceful shutdown waits for 0).
+    pub fn inflight(&self) -> Arc<AtomicUsize> {
+        self.inflight.clone()
+    }
+
+    async fn answer(&self, request: &Request) -> Reply {
+        if request.metadata.op_code != OpCode::Query {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "opcode").increment(1);
+            return Reply::error(ResponseCode::NotImp);
+        }
+        let Ok(info) = request.request_info() else {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "query_count").increment(1);
+            return Reply::error(ResponseCode::FormErr);
+        };
+        let query = info.query;
+        let qtype = query.query_type();
+        if query.query_class() != DNSClass::IN {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "class").increment(1);
+            return Reply::error(ResponseCode::Refused);
+        }
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "transfer").increment(1);
+            return Reply::error(ResponseCode::Refused);
+        }
+        let name: Name = query.name().into();
+        let Some(qname) = QName::from_labels(name.iter()) else {
+            return Reply::error(ResponseCode::FormErr);
+        };
+
+        let current = self.store.current();
+        let snap = &current.snapshot;
+        let client = current.client(request.src().ip());
+        let question = Question { name: qname, qtype };
+        let now = chrono::Utc::now().timestamp();
+        let decision = decide(snap, &client, &question, now);
+        metrics::counter!(
+            crate::metrics::DECISIONS,
+            "action" => action_label(decision.action),
+            "reason" => decision.reason.label()
+        )
+        .increment(1);
+        let ede = decision.reason.ede();
+
+        let mut reply = match decision.action {
+            Action::Refuse => Reply::error(ResponseCode::Refused),
+            Action::NxDomain => Reply::error(ResponseCode::NXDomain),
+            Action::Sinkhole(page) => {
+                let sh = &snap.sinkhole;
+                let (v4, v6) = match page {
+                    Page::Cleanup => (&sh.v4, &sh.v6),
+                    Page::Info => (&sh.info_v4, &sh.info_v6),
+                };
+                Reply {
+                    rcode: ResponseCode::NoError,
+                    answers: synthesize(&name, qtype, v4, v6, sh.ttl),
+                    authorities: Vec::new(),
+                    ede: None,
+                }
+            }
+            Action::Rewrite(i) => {
+                let target = snap
+                    .rewrite_targets
+                    .get(i as usize)
+                    .and_then(|(_, t)| Name::from_ascii(format!("{t}.")).ok());
+                match target {
+                    Some(target) => {
+                        let ttl = snap.sinkhole.ttl;
+                        drop(current);
+                        let resolved = self.resolver.resolve(&target, qtype).await;
+                        let mut answers = vec![Record::from_rdata(
+                            name.clone(),
+                            ttl,
+                            RData::CNAME(CNAME(target)),
+                        )];
+                        answers.extend(resolved.answers);
+                        Reply {
+                            rcode: resolved.rcode,
+                            answers,
+                            authorities: resolved.authorities,
+                            ede: None,
+                        }
+                    }
+                    None => Reply::error(ResponseCode::ServFail),
+                }
+            }
+            Action::Resolve | Action::Alert => {
+                if let Reason::OrganisationAlert { .. } = decision.reason {
+                    // Delivery of organisation alerts is the alerting module's job; the decision
+                    // is counted above.
+                }
+                drop(current);
+                Reply::from_answer(self.resolver.resolve(&name, qtype).await)
+            }
+        };
+        reply.ede = ede;
+        reply
+    }
+}
+
+fn action_label(a: Action) -> &'static str {
+    match a {
+        Action::Refuse => "refuse",
+        Action::Resolve => "resolve",
+        Action::Alert => "alert",
+        Action::Sinkhole(Page::Cleanup) => "sinkhole",
+        Action::Sinkhole(Page::Info) => "info_page",
+        Action::NxDomain => "nxdomain",
+        Action::Rewrite(_) => "rewrite",
+    }
+}
+
+/// A/AAAA answers pointing at a page; other types get an empty (NODATA) answer.
+fn synthesize(name: &Name, qtype: RecordType, v4: &[Ipv4Addr], v6: &[Ipv6Addr], ttl: u32) -> Vec<Record> {
+    match qtype {
+        RecordType::A => v4
+            .iter()
+            .map(|a| Record::from_rdata(name.clone(), ttl, RData::A(A(*a))))
+            .collect(),
+        RecordType::AAAA => v6
+            .iter()
+            .map(|a| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*a))))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The client address as the policy sees it.
+pub fn client_ip(request: &Request) -> IpAddr {
+    crate::policy::prefix::canonical_ip(request.src().ip())
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let _done = InFlight(self.inflight.clone());
+
+        // EDNS: answer with our own OPT only if the client sent one, never offering more than
+        // the client can take (else answers are truncated unexpectedly).
+        let mut edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            e.set_version(0);
+            e
+        });
+        let bad_version = request.edns.as_ref().is_some_and(|e| e.version() > 0);
+        let reply = if bad_version {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "edns_version").increment(1);
+            if let Some(e) = edns.as_mut() {
+                e.set_rcode_high(ResponseCode::BADVERS.high());
+            }
+            Reply::error(ResponseCode::BADVERS)
+        } else {
+            self.answer(request).await
+        };
+
+        if let (Some(e), Some((code, text))) = (edns.as_mut(), reply.ede) {
+            let mut data = code.to_be_bytes().to_vec();
+            data.extend_from_slice(text.as_bytes());
+            e.options_mut().insert(EdnsOption::Unknown(EDE_OPTION, data));
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        metadata.response_code = reply.rcode;
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = edns.as_ref() {
+            builder.edns(e);
+        }
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "failed to send response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                hickory_proto::op::Header {
+                    metadata,
+                    counts: hickory_proto::op::HeaderCounts::default(),
+                }
+                .into()
+            }
+        }
+    }
+}

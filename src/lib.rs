@@ -1,0 +1,28 @@
+//! cleanpipe: a protective DNS resolver for ISPs.
+//!
+//! Infected subscribers are quarantined to a cleanup page, trusted-zone customers get only a
+//! curated list of services, whitelisted organisations get alerts instead of blocks, and
+//! everyone else is resolved normally.
+//!
+//! # Layout
+//! - [`config`]: the service configuration file (`cleanpipe.yaml`).
+//! - [`policy`]: the pure decision core: sources → snapshot → `decide()`.
+//! - [`store`]: the current snapshot, reloads (read → compile → swap, or keep the old one).
+//! - [`watch`]: file watcher that triggers reloads.
+//! - [`state`]: durable runtime state (admin changes) in SQLite.
+//! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
+//! - [`dns`]: the DNS front end: identify client → decide → resolve or synthesize → respond.
+//! - [`web`]: the admin HTTP API.
+//! - [`metrics`]: metric names and their descriptions.
+//! - [`server`]: wires everything together for `cleanpipe serve`.
+
+pub mod config;
+pub mod dns;
+pub mod metrics;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod watch;
+pub mod web;

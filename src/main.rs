@@ -1,0 +1,357 @@
+//! The `cleanpipe` command: serve, check, explain, and admin calls.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use cleanpipe::config::Config;
+use cleanpipe::policy::Question;
+use cleanpipe::policy::explain::explain;
+use cleanpipe::state::StateDb;
+use cleanpipe::store::{PolicyStore, ReloadError};
+
+/// cleanpipe: a protective DNS resolver for ISPs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Configuration file. Default: the embedded quick-start configuration (paths relative to
+    /// the current directory).
+    #[arg(long, short, env = "CLEANPIPE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the resolver.
+    Serve(ConfigArg),
+    /// Validate the configuration and the whole policy; print every error; exit non-zero on error.
+    Check(ConfigArg),
+    /// Print the decision for CLIENT asking QNAME (QTYPE, default A), and why.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client address.
+        client: IpAddr,
+        /// Query name.
+        qname: String,
+        /// Query type.
+        #[arg(default_value = "A")]
+        qtype: String,
+    },
+    /// The curated allowlists.
+    Allowlist {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        what: AllowlistCmd,
+    },
+    /// Show the running service's status (admin API).
+    Status(ConfigArg),
+    /// Set or clear global trusted-only mode (admin API).
+    Mode {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        what: ModeCmd,
+    },
+    /// Flag a subscriber as infected (admin API).
+    Flag {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address or prefix.
+        prefix: String,
+        /// Malware family or signature.
+        #[arg(long)]
+        family: String,
+        /// Ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+    },
+    /// Lift a subscriber's infection flag (admin API).
+    Unflag {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address or prefix.
+        prefix: String,
+        /// Why (audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enrol a customer in a trusted-zone profile (admin API).
+    Enrol {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address or prefix.
+        prefix: String,
+        /// Profile (e.g. clean-pipe, kids).
+        profile: String,
+    },
+    /// Remove a customer's enrolment (admin API).
+    Unenrol {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address or prefix.
+        prefix: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCmd {
+    /// One line per service: id, category, domain count, name.
+    List,
+    /// Profiles and the number of services in each.
+    Profiles,
+}
+
+#[derive(Subcommand)]
+enum ModeCmd {
+    /// Everyone (except exempt networks) gets only the trusted zone.
+    TrustedOnly {
+        /// Why (required, audit log).
+        #[arg(long)]
+        reason: String,
+        /// RFC 3339 time at which it ends by itself.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Back to normal (also overrides mode.yaml until cleared).
+    Normal {
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove the admin setting: mode.yaml (or normal) applies again.
+    Clear {
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config> {
+    Ok(match &arg.config {
+        Some(p) => Config::from_path(p)?,
+        None => Config::embedded(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))?,
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn serve(arg: &ConfigArg) -> Result<()> {
+    let config = load_config(arg)?;
+    init_logging(&config);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    rt.block_on(cleanpipe::server::serve(config, Some(handle), shutdown_signal()))?;
+    Ok(())
+}
+
+fn offline_store(config: &Config) -> Result<PolicyStore, ReloadError> {
+    // `check` and `explain` read the admin overrides from the state database when it exists,
+    // without creating one.
+    let state = if config.state.path.exists() {
+        StateDb::open(&config.state.path).map_err(|e| ReloadError::State(e.to_string()))?
+    } else {
+        StateDb::in_memory().map_err(|e| ReloadError::State(e.to_string()))?
+    };
+    PolicyStore::open(config, std::sync::Arc::new(state))
+}
+
+fn check(arg: &ConfigArg) -> Result<ExitCode> {
+    let config = match load_config(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(e) = cleanpipe::resolve::Resolver::from_config(&config, tokio_handle_for_check()?.handle().clone()) {
+        eprintln!("{e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    match offline_store(&config) {
+        Ok(store) => {
+            let s = store.snapshot();
+            let c = s.counts();
+            println!(
+                "ok: {} infected, {} enrolments, {} organisations, {} profiles, {} services, {} allowlisted names, mode {:?}",
+                c.infected, c.enrolments, c.organisations, c.profiles, c.services, c.allowlisted_names, s.mode.mode
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ReloadError::Invalid(errs)) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s)", errs.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn tokio_handle_for_check() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn explain_cmd(arg: &ConfigArg, client: IpAddr, qname: &str, qtype: &str) -> Result<()> {
+    let config = load_config(arg)?;
+    let store = offline_store(&config)?;
+    let qtype = qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown query type `{qtype}`"))?;
+    let q = Question::new(qname, qtype).context("query name too long")?;
+    let e = explain(&store.snapshot(), client, &q, chrono::Utc::now().timestamp());
+    println!("decision: {}", e.action);
+    println!("reason:   {}", e.reason);
+    if let Some(ede) = &e.ede {
+        println!("ede:      {ede}");
+    }
+    for d in &e.details {
+        println!("  - {d}");
+    }
+    Ok(())
+}
+
+fn allowlist(arg: &ConfigArg, what: &AllowlistCmd) -> Result<()> {
+    let config = load_config(arg)?;
+    let sources = cleanpipe::policy::SourceSet::read(None, &config.policy.allowlists)?;
+    let mut lists = cleanpipe::policy::sources::Allowlists::default();
+    for (rel, display, text) in &sources.allowlist_files {
+        lists.add_file(rel, display, text)?;
+    }
+    match what {
+        AllowlistCmd::List => {
+            println!("{:<24} {:<20} {:>7}  name", "id", "category", "domains");
+            for (_, s) in &lists.services {
+                println!("{:<24} {:<20} {:>7}  {}", s.id, s.category, s.domains.len() + s.shared.len(), s.name);
+            }
+            println!("{} services, allowlists version {}", lists.services.len(), lists.meta.version);
+        }
+        AllowlistCmd::Profiles => {
+            let store = offline_store(&config)?;
+            for p in &store.snapshot().profiles {
+                println!("{:<16} {:>4} services  blocked: {:?}  safe search: {}  {}", p.name, p.services.len(), p.blocked, p.safe_search, p.description);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn admin_call(arg: &ConfigArg, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+    let config = load_config(arg)?;
+    let addr = config.admin.listen.context("admin.listen is disabled in this configuration")?;
+    let token = config.admin_token();
+    let body = body.map(|b| b.to_string());
+    let (code, text) = cleanpipe::web::client::call(addr, method, path, token.as_deref(), body.as_deref())?;
+    println!("{}", text.trim_end());
+    if !(200..300).contains(&code) {
+        bail!("admin API answered {code}");
+    }
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(c) => serve(c).map(|_| ExitCode::SUCCESS),
+        Command::Check(c) => check(c),
+        Command::Explain { config, client, qname, qtype } => explain_cmd(config, *client, qname, qtype).map(|_| ExitCode::SUCCESS),
+        Command::Allowlist { config, what } => allowlist(config, what).map(|_| ExitCode::SUCCESS),
+        Command::Status(c) => admin_call(c, "GET", "/v1/status", None).map(|_| ExitCode::SUCCESS),
+        Command::Mode { config, what } => match what {
+            ModeCmd::TrustedOnly { reason, expires } => admin_call(
+                config,
+                "PUT",
+                "/v1/mode",
+                Some(serde_json::json!({"mode": "trusted-only", "reason": reason, "expires": expires})),
+            ),
+            ModeCmd::Normal { reason } => admin_call(config, "PUT", "/v1/mode", Some(serde_json::json!({"mode": "normal", "reason": reason}))),
+            ModeCmd::Clear { reason } => admin_call(config, "DELETE", &format!("/v1/mode?reason={}", encode(reason)), None),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Flag { config, prefix, family, ticket } => admin_call(
+            config,
+            "POST",
+            "/v1/infected",
+            Some(serde_json::json!({"prefix": prefix, "family": family, "ticket": ticket})),
+        )
+        .map(|_| ExitCode::SUCCESS),
+        Command::Unflag { config, prefix, reason } => admin_call(
+            config,
+            "DELETE",
+            &format!("/v1/infected?prefix={}&reason={}", encode(prefix), encode(reason)),
+            None,
+        )
+        .map(|_| ExitCode::SUCCESS),
+        Command::Enrol { config, prefix, profile } => admin_call(
+            config,
+            "POST",
+            "/v1/enrolments",
+            Some(serde_json::json!({"prefix": prefix, "profile": profile})),
+        )
+        .map(|_| ExitCode::SUCCESS),
+        Command::Unenrol { config, prefix } => {
+            admin_call(config, "DELETE", &format!("/v1/enrolments?prefix={}", encode(prefix)), None).map(|_| ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Metric names, described once. Labels are bounded: an action, a reason label, a backend kind;
+//! never a client address or a query name.
+
+use crate::policy::Counts;
+
+/// Queries answered, by `action` and `reason`.
+pub const DECISIONS: &str = "cleanpipe_decisions_total";
+/// Malformed or unsupported requests, by `kind`.
+pub const BAD_REQUESTS: &str = "cleanpipe_bad_requests_total";
+/// Answer-cache hits.
+pub const CACHE_HITS: &str = "cleanpipe_cache_hits_total";
+/// Answer-cache misses.
+pub const CACHE_MISSES: &str = "cleanpipe_cache_misses_total";
+/// Resolutions that failed upstream (SERVFAIL to the client), by `backend`.
+pub const UPSTREAM_FAILURES: &str = "cleanpipe_upstream_failures_total";
+/// Successful policy reloads.
+pub const RELOADS: &str = "cleanpipe_policy_reloads_total";
+/// Failed policy reloads (the previous policy stays in force).
+pub const RELOAD_FAILURES: &str = "cleanpipe_policy_reload_failures_total";
+/// Generation of the serving policy snapshot.
+pub const GENERATION: &str = "cleanpipe_policy_generation";
+/// Milliseconds the last successful compile took.
+pub const COMPILE_MS: &str = "cleanpipe_policy_compile_milliseconds";
+/// Entries in the serving snapshot, by `kind`.
+pub const SNAPSHOT_ENTRIES: &str = "cleanpipe_policy_entries";
+/// 1 while global trusted-only mode is in force.
+pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(DECISIONS, "Queries answered, by action and reason");
+    metrics::describe_counter!(BAD_REQUESTS, "Malformed or unsupported requests, by kind");
+    metrics::describe_counter!(CACHE_HITS, "Answer cache hits");
+    metrics::describe_counter!(CACHE_MISSES, "Answer cache misses");
+    metrics::describe_counter!(UPSTREAM_FAILURES, "Resolutions that failed upstream, by backend");
+    metrics::describe_counter!(RELOADS, "Successful policy reloads");
+    metrics::describe_counter!(RELOAD_FAILURES, "Failed policy reloads (previous policy kept)");
+    metrics::describe_gauge!(GENERATION, "Generation of the serving policy snapshot");
+    metrics::describe_gauge!(COMPILE_MS, "Milliseconds the last successful policy compile took");
+    metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
+    metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
+}
+
+/// Publishes the sizes of a freshly swapped snapshot.
+pub fn record_snapshot(c: &Counts, generation: u64, compile_ms: u64) {
+    metrics::counter!(RELOADS).increment(1);
+    metrics::gauge!(GENERATION).set(generation as f64);
+    metrics::gauge!(COMPILE_MS).set(compile_ms as f64);
+    for (kind, n) in [
+        ("infected", c.infected),
+        ("enrolments", c.enrolments),
+        ("organisations", c.organisations),
+        ("services", c.services),
+        ("allowlisted_names", c.allowlisted_names),
+    ] {
+        metrics::gauge!(SNAPSHOT_ENTRIES, "kind" => kind).set(n as f64);
+    }
+}

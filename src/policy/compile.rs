@@ -1,0 +1,493 @@
+//! Sources → one validated [`Snapshot`]: the one place configuration becomes policy.
+//!
+//! Every error in every file is collected (with file and line) before giving up, so an operator
+//! sees all problems at once. A snapshot is only produced when there are none: a broken file
+//! never replaces a good policy.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+
+use super::names::{NameMap, normalise};
+use super::sources::{
+    self, Allowlists, EnrolmentEntry, InfectedEntry, Located, ModeFile, OrganisationEntry,
+    PolicyError, ProbeQuarantine, SourceSet, Standing,
+};
+use super::{
+    Enrolment, Infection, ModeState, NameFlags, Organisation, Origin, Profile, Sinkhole, Snapshot,
+    flag,
+};
+
+/// Runtime changes made through the admin API (kept in the state database), merged over the files.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Subscribers flagged infected by an operator. They replace a file entry for the same prefix.
+    pub infected: Vec<InfectedEntry>,
+    /// Subscribers unflagged by an operator, with the time: file entries for that exact prefix
+    /// first seen before then are dropped (a newer report quarantines again).
+    pub cleared: Vec<(IpNet, i64)>,
+    /// Enrolments made by an operator. They replace a file entry for the same prefix.
+    pub enrolments: Vec<EnrolmentEntry>,
+    /// Enrolments removed by an operator (exact prefix).
+    pub unenrolled: Vec<IpNet>,
+    /// Global mode set by an operator; overrides `mode.yaml` until cleared.
+    pub mode: Option<ModeFile>,
+    /// Organisations whose whitelisting was revoked at runtime (missed deadline), by id.
+    pub revoked: Vec<String>,
+}
+
+/// Settings from the service configuration that shape the snapshot.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// Served client networks.
+    pub clients: Vec<IpNet>,
+    /// Sinkhole answers.
+    pub sinkhole: Sinkhole,
+    /// Profile for global trusted-only mode.
+    pub global_profile: String,
+    /// Extra remediation names (ISP support site).
+    pub remediation_extra: Vec<String>,
+    /// Generation number of the snapshot.
+    pub generation: u64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            clients: Vec::new(),
+            sinkhole: Sinkhole::default(),
+            global_profile: "clean-pipe".into(),
+            remediation_extra: Vec::new(),
+            generation: 1,
+        }
+    }
+}
+
+const API: &str = "admin-api";
+
+struct Builder {
+    snap: Snapshot,
+    errors: Vec<PolicyError>,
+    interned: FxHashMap<Box<str>, u32>,
+}
+
+impl Builder {
+    fn file(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.snap.files.iter().position(|f| f == name) {
+            return i as u16;
+        }
+        self.snap.files.push(name.to_owned());
+        (self.snap.files.len() - 1) as u16
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.interned.get(s) {
+            return *i;
+        }
+        let i = self.snap.strings.len() as u32;
+        self.snap.strings.push(s.into());
+        self.interned.insert(s.into(), i);
+        i
+    }
+
+    fn err(&mut self, file: &str, line: u32, message: impl Into<String>) {
+        self.errors
+            .push(PolicyError::at(file, line as usize, message));
+    }
+}
+
+/// Compiles sources and overrides into a snapshot, or every error found.
+pub fn compile(
+    sources: &SourceSet,
+    overrides: &Overrides,
+    options: &CompileOptions,
+) -> Result<Snapshot, Vec<PolicyError>> {
+    let mut b = Builder {
+        snap: Snapshot {
+            generation: options.generation,
+            sinkhole: options.sinkhole.clone(),
+            ..Snapshot::default()
+        },
+        errors: Vec::new(),
+        interned: FxHashMap::default(),
+    };
+    for net in &options.clients {
+        b.snap.acl.insert(*net, ());
+    }
+
+    // Parse every policy file first, collecting syntax errors.
+    let mut infected: Vec<Located<InfectedEntry>> = Vec::new();
+    let mut enrolments: Vec<Located<EnrolmentEntry>> = Vec::new();
+    let mut organisations: Vec<Located<OrganisationEntry>> = Vec::new();
+    let mut mode_file: Option<(String, ModeFile)> = None;
+    for (path, text) in &sources.policy_files {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let result = if name.starts_with("infected") && name.ends_with(".csv") {
+            match sources::parse_infected_csv(path, text) {
+                Ok(l) => {
+                    infected.push(l);
+                    Ok(())
+                }
+                Err(errs) => {
+                    b.errors.extend(errs);
+                    Ok(())
+                }
+            }
+        } else if name.starts_with("infected") {
+            sources::parse_infected_yaml(path, text).map(|l| infected.push(l))
+        } else if name.starts_with("enrolments") {
+            sources::parse_enrolments(path, text).map(|l| enrolments.push(l))
+        } else if name.starts_with("organisations") {
+            sources::parse_organisations(path, text).map(|l| organisations.push(l))
+        } else if name == "mode.yaml" {
+            sources::parse_mode(path, text).map(|m| mode_file = Some((path.clone(), m)))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            b.errors.push(e);
+        }
+    }
+
+    let mut lists = Allowlists::default();
+    for (rel, display, text) in &sources.allowlist_files {
+        if let Err(e) = lists.add_file(rel, display, text) {
+            b.errors.push(e);
+        }
+    }
+    compile_allowlists(&mut b, &lists, options);
+    compile_organisations(&mut b, &organisations, overrides);
+    compile_enrolments(&mut b, &enrolments, overrides);
+    compile_infected(&mut b, &infected, overrides);
+    compile_mode(&mut b, mode_file, overrides, options);
+
+    if b.errors.is_empty() {
+        Ok(b.snap)
+    } else {
+        Err(b.errors)
+    }
+}
+
+fn unix(t: &DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOptions) {
+    b.snap.allowlist_version = lists.meta.version.clone();
+    let categories: HashSet<&str> = lists.categories.iter().map(|c| c.id.as_str()).collect();
+
+    // Services: ids unique, categories known, names valid, an owned name in one service only.
+    let mut service_index: HashMap<&str, u32> = HashMap::new();
+    let mut owner: HashMap<String, &str> = HashMap::new();
+    let mut shared_names: HashSet<String> = HashSet::new();
+    for (file, s) in &lists.services {
+        if service_index.contains_key(s.id.as_str()) {
+            b.err(file, 0, format!("service `{}` is defined twice", s.id));
+            continue;
+        }
+        if !categories.contains(s.category.as_str()) {
+            b.err(file, 0, format!("service `{}`: unknown category `{}`", s.id, s.category));
+        }
+        if s.domains.is_empty() {
+            b.err(file, 0, format!("service `{}` lists no domains", s.id));
+        }
+        for d in &s.domains {
+            match normalise(d) {
+                Ok(n) => {
+                    if let Some(prev) = owner.insert(n.clone(), &s.id) {
+                        b.err(file, 0, format!(
+                            "`{n}` is listed by services `{prev}` and `{}`: a name several services need belongs in `shared:`",
+                            s.id
+                        ));
+                    }
+                }
+                Err(e) => b.err(file, 0, format!("service `{}`: {e}", s.id)),
+            }
+        }
+        for d in &s.shared {
+            match normalise(d) {
+                Ok(n) => {
+                    shared_names.insert(n);
+                }
+                Err(e) => b.err(file, 0, format!("service `{}`: {e}", s.id)),
+            }
+        }
+        service_index.insert(&s.id, b.snap.services.len() as u32);
+        b.snap
+            .services
+            .push((s.id.clone(), s.name.clone(), s.category.clone()));
+    }
+    for n in &shared_names {
+        if let Some(o) = owner.get(n) {
+            b.err("allowlists/services", 0, format!(
+                "`{n}` is owned by service `{o}` and shared by others: list it only under `shared:`"
+            ));
+        }
+    }
+
+    // Profiles.
+    if lists.profiles.len() > 64 {
+        b.err("allowlists/profiles.yaml", 0, "at most 64 profiles are supported");
+    }
+    for (pi, (name, def)) in lists.profiles.iter().enumerate().take(64) {
+        let mut members: Vec<u32> = Vec::new();
+        for c in &def.categories {
+            if !categories.contains(c.as_str()) {
+                b.err("allowlists/profiles.yaml", 0, format!("profile `{name}`: unknown category `{c}`"));
+            }
+        }
+        for (i, (_, s)) in lists.services.iter().enumerate() {
+            if def.categories.contains(&s.category) && !def.exclude_services.contains(&s.id) {
+                members.push(i as u32);
+            }
+        }
+        for id in def.services.iter().chain(&def.exclude_services) {
+            if !service_index.contains_key(id.as_str()) {
+                b.err("allowlists/profiles.yaml", 0, format!("profile `{name}`: unknown service `{id}`"));
+            }
+        }
+        for id in &def.services {
+            if let Some(i) = service_index.get(id.as_str()) {
+                if !members.contains(i) {
+                    members.push(*i);
+                }
+            }
+        }
+        let bit = 1u64 << pi;
+        for &si in &members {
+            let Some((_, s)) = lists.services.get(si as usize) else { continue };
+            let src = b.snap.name_sources.len() as u32;
+            b.snap.name_sources.push(format!("service {} ({})", s.id, s.name));
+            for d in s.domains.iter().chain(&s.shared) {
+                if let Ok(n) = normalise(d) {
+                    let e = b.snap.names.entry_or(&n, || NameFlags { source: src, ..Default::default() });
+                    e.profiles |= bit;
+                }
+            }
+        }
+        b.snap.profiles.push(Profile {
+            name: name.clone(),
+            description: def.description.clone(),
+            blocked: def.blocked,
+            safe_search: def.safe_search,
+            services: members,
+        });
+    }
+
+    let mark = |b: &mut Builder, names: &mut dyn Iterator<Item = &String>, what: String, f: u8| {
+        let src = b.snap.name_sources.len() as u32;
+        b.snap.name_sources.push(what.clone());
+        for d in names {
+            match normalise(d) {
+                Ok(n) => {
+                    b.snap.names.entry_or(&n, || NameFlags { source: src, ..Default::default() }).flags |= f;
+                }
+                Err(e) => b.err("allowlists", 0, format!("{what}: {e}")),
+            }
+        }
+    };
+    for g in &lists.remediation {
+        mark(b, &mut g.domains.iter(), format!("remediation {}", g.id), flag::REMEDIATION);
+    }
+    mark(
+        b,
+        &mut options.remediation_extra.iter(),
+        "remediation (policy.remediation_extra)".into(),
+        flag::REMEDIATION,
+    );
+    for g in &lists.essentials {
+        mark(b, &mut g.domains.iter(), format!("essential {}", g.id), flag::ESSENTIAL);
+    }
+    for p in &lists.probes {
+        let f = flag::ESSENTIAL
+            | match p.quarantine {
+                ProbeQuarantine::Sinkhole => flag::PROBE_SINKHOLE,
+                ProbeQuarantine::Resolve => flag::PROBE_RESOLVE,
+            };
+        mark(b, &mut std::iter::once(&p.name), format!("probe {} ({})", p.name, p.vendor), f);
+    }
+    for c in &lists.canaries {
+        mark(b, &mut std::iter::once(&c.name), format!("canary {}", c.name), flag::CANARY);
+    }
+
+    // Safe-search rewrites (exact names).
+    let mut rewrites = NameMap::new();
+    for r in &lists.rewrites {
+        let target = match normalise(&r.target) {
+            Ok(t) => t,
+            Err(e) => {
+                b.err("allowlists/safe-search.yaml", 0, format!("{}: {e}", r.engine));
+                continue;
+            }
+        };
+        let idx = b.snap.rewrite_targets.len() as u16;
+        b.snap.rewrite_targets.push((r.engine.clone(), target));
+        for n in &r.names {
+            match normalise(n) {
+                Ok(n) => {
+                    rewrites.insert(&n, idx);
+                }
+                Err(e) => b.err("allowlists/safe-search.yaml", 0, format!("{}: {e}", r.engine)),
+            }
+        }
+    }
+    b.snap.rewrites = rewrites;
+}
+
+fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], o: &Overrides) {
+    let mut ids: HashSet<String> = HashSet::new();
+    for l in files {
+        let fi = b.file(&l.file);
+        for (line, e) in &l.entries {
+            if !ids.insert(e.id.clone()) {
+                b.err(&l.file, *line, format!("organisation `{}` is defined twice", e.id));
+                continue;
+            }
+            let idx = b.snap.organisations.len() as u32;
+            for n in &e.networks {
+                if let Some(prev) = b.snap.org_nets.insert(n.0, idx) {
+                    let other = b.snap.organisations.get(prev as usize).map_or("?", |o| o.id.as_str()).to_owned();
+                    b.err(&l.file, *line, format!(
+                        "organisation `{}`: network {} is also claimed by `{other}`",
+                        e.id, n
+                    ));
+                }
+            }
+            let standing = if o.revoked.iter().any(|r| *r == e.id) {
+                Standing::Revoked
+            } else {
+                e.standing
+            };
+            b.snap.organisations.push(Organisation {
+                id: e.id.clone(),
+                name: e.name.clone(),
+                networks: e.networks.iter().map(|p| p.0).collect(),
+                contacts: e.contacts.clone(),
+                grace_hours: e.grace_hours,
+                standing,
+                origin: Origin { file: fi, line: *line },
+            });
+        }
+    }
+}
+
+fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Overrides) {
+    let api = b.file(API);
+    let api_prefixes: HashSet<IpNet> = o.enrolments.iter().map(|e| e.prefix.0).collect();
+    let removed: HashSet<IpNet> = o.unenrolled.iter().copied().collect();
+    let from_files = files.iter().flat_map(|l| {
+        l.entries.iter().map(move |(line, e)| (l.file.as_str(), *line, e))
+    });
+    let from_api = o.enrolments.iter().map(|e| (API, 0u32, e));
+    let all: Vec<_> = from_files.chain(from_api).collect();
+    for (file, line, e) in all {
+        let from_api = file == API;
+        if !from_api && (api_prefixes.contains(&e.prefix.0) || removed.contains(&e.prefix.0)) {
+            continue; // the operator's later change wins over the file
+        }
+        let Some(profile) = b.snap.profile_index(&e.profile) else {
+            let known: Vec<_> = b.snap.profiles.iter().map(|p| p.name.as_str()).collect();
+            b.err(file, line, format!(
+                "enrolment {}: unknown profile `{}` (known: {})",
+                e.prefix, e.profile, known.join(", ")
+            ));
+            continue;
+        };
+        let fi = if from_api { api } else { b.file(file) };
+        let idx = b.snap.enrolments.len() as u32;
+        if b.snap.enrolled.insert(e.prefix.0, idx).is_some() {
+            b.err(file, line, format!("enrolment {} is listed twice", e.prefix));
+            continue;
+        }
+        b.snap.enrolments.push(Enrolment {
+            prefix: e.prefix.0,
+            profile,
+            enabled_by: e.enabled_by.as_str().into(),
+            enabled_at: unix(&e.enabled_at),
+            origin: Origin { file: fi, line },
+        });
+    }
+}
+
+fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overrides) {
+    let api = b.file(API);
+    let api_prefixes: HashSet<IpNet> = o.infected.iter().map(|e| e.prefix.0).collect();
+    let cleared: HashMap<IpNet, i64> = o.cleared.iter().copied().collect();
+    let total: usize = files.iter().map(|l| l.entries.len()).sum::<usize>() + o.infected.len();
+    b.snap.infections.reserve_exact(total);
+    b.snap.infected.reserve_v4(32, total);
+    let push = |b: &mut Builder, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
+        let idx = b.snap.infections.len() as u32;
+        if b.snap.infected.insert(e.prefix.0, idx).is_some() {
+            b.err(file, line, format!("infected subscriber {} is listed twice", e.prefix));
+            return;
+        }
+        let family = b.intern(&e.family);
+        let source = b.intern(&e.source);
+        b.snap.infections.push(Infection {
+            prefix: e.prefix.0,
+            family,
+            source,
+            first_seen: unix(&e.first_seen),
+            ticket: e.ticket.as_deref().map(Into::into),
+            origin: Origin { file: fi, line },
+        });
+    };
+    for l in files {
+        let fi = b.file(&l.file);
+        for (line, e) in &l.entries {
+            if api_prefixes.contains(&e.prefix.0) {
+                continue;
+            }
+            if cleared.get(&e.prefix.0).is_some_and(|t| unix(&e.first_seen) <= *t) {
+                continue;
+            }
+            push(b, fi, &l.file, *line, e);
+        }
+    }
+    for e in &o.infected {
+        push(b, api, API, 0, e);
+    }
+    b.snap.infected.shrink_to_fit();
+}
+
+fn compile_mode(
+    b: &mut Builder,
+    file: Option<(String, ModeFile)>,
+    o: &Overrides,
+    options: &CompileOptions,
+) {
+    let (source, m) = match (&o.mode, file) {
+        (Some(m), _) => (API.to_owned(), Some(m.clone())),
+        (None, Some((path, m))) => (path, Some(m)),
+        (None, None) => ("default".to_owned(), None),
+    };
+    if let Some(m) = m {
+        for p in &m.exempt {
+            b.snap.exempt.insert(p.0, ());
+        }
+        b.snap.mode = ModeState {
+            mode: m.mode,
+            set_by: m.set_by.clone(),
+            reason: m.reason.clone(),
+            set_at: m.set_at.as_ref().map(unix),
+            expires: m.expires.as_ref().map(unix),
+            source,
+        };
+    }
+    match b.snap.profile_index(&options.global_profile) {
+        Some(i) => b.snap.global_profile = i,
+        None => {
+            b.snap.global_profile = u16::MAX;
+            if b.snap.mode.mode == sources::Mode::TrustedOnly {
+                let src = b.snap.mode.source.clone();
+                b.err(&src, 0, format!(
+                    "trusted-only mode needs profile `{}` (policy.global_profile) in allowlists/profiles.yaml",
+                    options.global_profile
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The decision: who is asking, what may they get.
+//!
+//! Precedence (first row that applies wins; README "How a query is decided" mirrors this):
+//!
+//! | # | client | answer |
+//! |---|--------|--------|
+//! | 1 | outside `clients.allow` | REFUSED (EDE 18 Prohibited) |
+//! | 2 | infected, not inside an organisation in good standing | quarantine: remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
+//! | 3 | infected, inside an organisation in good standing | resolve normally, raise an alert |
+//! | 4 | enrolled in a profile, or global trusted-only mode and not exempt | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
+//! | 5 | everyone else | resolve normally |
+//!
+//! Quarantine is checked before trusted zones on purpose: an infected host must see the cleanup
+//! page even if its owner also enrolled in a kids profile. Organisations are checked only for
+//! infected hosts: whitelisting changes how an infection is handled, nothing else.
+
+use hickory_proto::rr::RecordType;
+
+use super::{Blocked, ClientView, QName, Snapshot, Standing, flag};
+
+/// The question being decided.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// Normalised query name.
+    pub name: QName,
+    /// Query type.
+    pub qtype: RecordType,
+}
+
+impl Question {
+    /// A question from presentation text (tests, `explain`).
+    pub fn new(name: &str, qtype: RecordType) -> Option<Self> {
+        Some(Self {
+            name: QName::new(name)?,
+            qtype,
+        })
+    }
+}
+
+/// Which page a sinkhole answer points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The cleanup page for quarantined subscribers.
+    Cleanup,
+    /// The "not in your trusted zone" information page.
+    Info,
+}
+
+/// What to do with the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Answer REFUSED.
+    Refuse,
+    /// Resolve normally.
+    Resolve,
+    /// Resolve normally and raise an alert for the organisation.
+    Alert,
+    /// Answer A/AAAA with the page's addresses; other types get an empty answer.
+    Sinkhole(Page),
+    /// Answer NXDOMAIN.
+    NxDomain,
+    /// Answer a CNAME to `Snapshot::rewrite_targets[i]` and resolve the target.
+    Rewrite(u16),
+}
+
+/// Why: the rule that applied, with indexes into the snapshot for `explain` and records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Row 1: client not in `clients.allow`.
+    NotServed,
+    /// Row 2: quarantined; the name is not reachable.
+    Quarantined {
+        /// Infection index.
+        infection: u32,
+        /// Organisation index when the host's organisation lost its whitelisting.
+        revoked_org: Option<u32>,
+    },
+    /// Row 2: quarantined, but the name is on the remediation list (or a `resolve` probe).
+    Remediation {
+        /// Infection index.
+        infection: u32,
+        /// Name-source index of the matching entry.
+        source: u32,
+    },
+    /// Row 3: infected host inside a whitelisted organisation.
+    OrganisationAlert {
+        /// Infection index.
+        infection: u32,
+        /// Organisation index.
+        organisation: u32,
+    },
+    /// Row 4: a canary name inside a trusted zone.
+    Canary {
+        /// Profile index.
+        profile: u16,
+    },
+    /// Row 4: safe-search rewrite.
+    SafeSearch {
+        /// Profile index.
+        profile: u16,
+    },
+    /// Row 4: the name is in the trusted zone.
+    TrustedAllowed {
+        /// Profile index.
+        profile: u16,
+        /// Because of global trusted-only mode.
+        global: bool,
+        /// Name-source index of the matching entry.
+        source: u32,
+    },
+    /// Row 4: the name is outside the trusted zone.
+    TrustedBlocked {
+        /// Profile index (`u16::MAX` when the global profile is missing).
+        profile: u16,
+        /// Because of global trusted-only mode.
+        global: bool,
+    },
+    /// Row 5: no policy applies.
+    Normal,
+}
+
+impl Reason {
+    /// A short, bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::NotServed => "not_served",
+            Reason::Quarantined { .. } => "quarantined",
+            Reason::Remediation { .. } => "remediation",
+            Reason::OrganisationAlert { .. } => "organisation_alert",
+            Reason::Canary { .. } => "canary",
+            Reason::SafeSearch { .. } => "safe_search",
+            Reason::TrustedAllowed { global: false, .. } => "trusted_allowed",
+            Reason::TrustedAllowed { global: true, .. } => "global_trusted_allowed",
+            Reason::TrustedBlocked { global: false, .. } => "trusted_blocked",
+            Reason::TrustedBlocked { global: true, .. } => "global_trusted_blocked",
+            Reason::Normal => "normal",
+        }
+    }
+
+    /// The Extended DNS Error (RFC 8914) to attach: info code and a short text.
+    pub fn ede(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Reason::NotServed => Some((18, "cleanpipe: client network not served")),
+            Reason::Quarantined { .. } => {
+                Some((15, "cleanpipe: infection detected on this connection, see the cleanup page"))
+            }
+            Reason::TrustedBlocked { global: false, .. } => {
+                Some((17, "cleanpipe: not in your trusted zone"))
+            }
+            Reason::TrustedBlocked { global: true, .. } => {
+                Some((15, "cleanpipe: trusted-only mode is active on this network"))
+            }
+            Reason::Canary { .. } => Some((17, "cleanpipe: not available in a trusted zone")),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    fn new(action: Action, reason: Reason) -> Self {
+        Self { action, reason }
+    }
+}
+
+/// Decides one query. Pure: the same inputs always give the same decision; `now` is unix seconds.
+pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> Decision {
+    // Row 1: never an open resolver.
+    if !client.served {
+        return Decision::new(Action::Refuse, Reason::NotServed);
+    }
+
+    // Rows 2 and 3: infected subscribers.
+    if let Some(infection) = client.infection {
+        let org = client
+            .organisation
+            .and_then(|o| snap.organisations.get(o as usize).map(|org| (o, org.standing)));
+        match org {
+            Some((organisation, Standing::Good)) => {
+                return Decision::new(
+                    Action::Alert,
+                    Reason::OrganisationAlert {
+                        infection,
+                        organisation,
+                    },
+                );
+            }
+            revoked => {
+                let revoked_org = revoked.map(|(o, _)| o);
+                let matched = snap.names.ancestors(&q.name).find(|(_, f)| {
+                    f.flags & (flag::REMEDIATION | flag::PROBE_RESOLVE | flag::PROBE_SINKHOLE) != 0
+                });
+                return match matched {
+                    // A sinkholed probe makes the OS pop up the cleanup page.
+                    Some((_, f)) if f.flags & flag::PROBE_SINKHOLE != 0 && f.flags & flag::REMEDIATION == 0 => {
+                        Decision::new(
+                            Action::Sinkhole(Page::Cleanup),
+                            Reason::Quarantined {
+                                infection,
+                                revoked_org,
+                            },
+                        )
+                    }
+                    Some((_, f)) => Decision::new(
+                        Action::Resolve,
+                        Reason::Remediation {
+                            infection,
+                            source: f.source,
+                        },
+                    ),
+                    None => Decision::new(
+                        Action::Sinkhole(Page::Cleanup),
+                        Reason::Quarantined {
+                            infection,
+                            revoked_org,
+                        },
+                    ),
+                };
+            }
+        }
+    }
+
+    // Row 4: trusted zones. An enrolment's own profile wins over the global one.
+    let zone = match client.enrolment {
+        Some(e) => snap
+            .enrolments
+            .get(e as usize)
+            .map(|en| (en.profile, false)),
+        None => None,
+    }
+    .or_else(|| {
+        (snap.mode.trusted_only_at(now) && !client.exempt).then_some((snap.global_profile, true))
+    });
+    if let Some((profile, global)) = zone {
+        return decide_trusted(snap, profile, global, q);
+    }
+
+    // Row 5.
+    Decision::new(Action::Resolve, Reason::Normal)
+}
+
+fn decide_trusted(snap: &Snapshot, profile: u16, global: bool, q: &Question) -> Decision {
+    let p = snap.profiles.get(profile as usize);
+    let bit = if p.is_some() { 1u64 << profile } else { 0 };
+
+    // Canaries first: they must be NXDOMAIN even if a service's subtree covers them.
+    if snap
+        .names
+        .ancestors(&q.name)
+        .any(|(_, f)| f.flags & flag::CANARY != 0)
+    {
+        return Decision::new(Action::NxDomain, Reason::Canary { profile });
+    }
+    if p.is_some_and(|p| p.safe_search) {
+        if let Some(t) = snap.rewrites.get_exact(&q.name) {
+            return Decision::new(Action::Rewrite(*t), Reason::SafeSearch { profile });
+        }
+    }
+    let allowed = snap
+        .names
+        .ancestors(&q.name)
+        .find(|(_, f)| f.profiles & bit != 0 || f.flags & flag::ESSENTIAL != 0);
+    if let Some((_, f)) = allowed {
+        return Decision::new(
+            Action::Resolve,
+            Reason::TrustedAllowed {
+                profile,
+                global,
+                source: f.source,
+            },
+        );
+    }
+    let action = match p.map(|p| p.blocked) {
+        Some(Blocked::InfoPage) => Action::Sinkhole(Page::Info),
+        _ => Action::NxDomain,
+    };
+    Decision::new(action, Reason::TrustedBlocked { profile, global })
+}
+
+#[cfg(test)]
+mod tests;

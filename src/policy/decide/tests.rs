@@ -1,0 +1,216 @@
+//! Table tests: every precedence row, IPv4 and IPv6, subtree matching and case.
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::RecordType;
+
+use super::*;
+use crate::policy::compile::{Overrides, compile};
+use crate::policy::fixture;
+use crate::policy::sources::{Mode, ModeFile, Prefix};
+
+const NOW: i64 = 1_795_000_000; // 2026-11-17
+
+fn snapshot_with(extra: &[(&str, &str)], overrides: &Overrides) -> Snapshot {
+    compile(&fixture::sources(extra), overrides, &fixture::options())
+        .unwrap_or_else(|e| panic!("fixture policy must compile: {e:?}"))
+}
+
+fn snapshot() -> Snapshot {
+    snapshot_with(&[], &Overrides::default())
+}
+
+fn ask(s: &Snapshot, client: &str, name: &str, qtype: RecordType, now: i64) -> Decision {
+    let ip: IpAddr = client.parse().expect("test client address must parse");
+    let q = Question::new(name, qtype).expect("test name must be valid");
+    decide(s, &s.classify(ip), &q, now)
+}
+
+fn a(s: &Snapshot, client: &str, name: &str) -> Decision {
+    ask(s, client, name, RecordType::A, NOW)
+}
+
+#[test]
+fn row1_clients_outside_allowed_networks_are_refused() {
+    let s = snapshot();
+    for client in ["8.8.8.8", "2a00:1450::1", "10.1.2.3"] {
+        let d = a(&s, client, "example.org");
+        assert_eq!(d.action, Action::Refuse, "{client} must be refused");
+        assert_eq!(d.reason, Reason::NotServed);
+        assert_eq!(d.reason.ede().map(|e| e.0), Some(18));
+    }
+}
+
+#[test]
+fn row2_quarantine_sinkholes_everything_but_remediation() {
+    let s = snapshot();
+    for client in ["192.0.2.66", "2001:db8:66:66ff::1234"] {
+        let d = a(&s, client, "random-name.example.net");
+        assert_eq!(d.action, Action::Sinkhole(Page::Cleanup), "{client}");
+        assert!(matches!(d.reason, Reason::Quarantined { revoked_org: None, .. }));
+        assert_eq!(d.reason.ede().map(|e| e.0), Some(15));
+        // Remediation names resolve, whole subtree, any case, trailing dot.
+        for name in ["antivirus.example", "DL.AntiVirus.Example.", "update.os.example"] {
+            let d = a(&s, client, name);
+            assert_eq!(d.action, Action::Resolve, "{client} {name} must resolve for cleanup");
+            assert!(matches!(d.reason, Reason::Remediation { .. }));
+        }
+        // A trusted service is not remediation.
+        assert_eq!(a(&s, client, "bank.example").action, Action::Sinkhole(Page::Cleanup));
+    }
+    // The IPv6 /56 covers the whole delegation but not the neighbour /56.
+    assert_eq!(a(&s, "2001:db8:66:6700::1", "x.example").action, Action::Resolve);
+}
+
+#[test]
+fn row2_probes_pop_up_the_portal_but_dns_probe_resolves() {
+    let s = snapshot();
+    let d = a(&s, "192.0.2.66", "captive.os.example");
+    assert_eq!(d.action, Action::Sinkhole(Page::Cleanup));
+    let d = a(&s, "192.0.2.66", "dns.probe.example");
+    assert_eq!(d.action, Action::Resolve);
+}
+
+#[test]
+fn row2_other_query_types_are_sinkholed_too() {
+    let s = snapshot();
+    let d = ask(&s, "192.0.2.66", "mail.example.net", RecordType::MX, NOW);
+    assert_eq!(d.action, Action::Sinkhole(Page::Cleanup));
+}
+
+#[test]
+fn row2_infected_host_of_revoked_organisation_is_quarantined() {
+    let s = snapshot();
+    let d = a(&s, "198.51.100.66", "example.net");
+    assert_eq!(d.action, Action::Sinkhole(Page::Cleanup));
+    let org = s.organisations.iter().position(|o| o.id == "lazy-corp").map(|i| i as u32);
+    assert!(matches!(d.reason, Reason::Quarantined { revoked_org, .. } if revoked_org == org));
+}
+
+#[test]
+fn row2_quarantine_wins_over_enrolment() {
+    let s = snapshot();
+    let d = a(&s, "192.0.2.77", "school.example");
+    assert_eq!(d.action, Action::Sinkhole(Page::Cleanup), "infected kids-profile host sees the cleanup page");
+}
+
+#[test]
+fn row3_infected_host_in_good_organisation_alerts_and_resolves() {
+    let s = snapshot();
+    let d = a(&s, "203.0.113.66", "example.net");
+    assert_eq!(d.action, Action::Alert);
+    assert!(matches!(d.reason, Reason::OrganisationAlert { .. }));
+    // A clean host in the same organisation is simply served.
+    assert_eq!(a(&s, "203.0.113.67", "example.net").reason, Reason::Normal);
+}
+
+#[test]
+fn row4_enrolled_clean_pipe() {
+    let s = snapshot();
+    let c = "192.0.2.20";
+    for name in ["bank.example", "WWW.Bank.Example.", "login.sso.example", "school.example", "time.example", "captive.os.example"] {
+        let d = a(&s, c, name);
+        assert_eq!(d.action, Action::Resolve, "{name} is in the clean-pipe zone");
+        assert!(matches!(d.reason, Reason::TrustedAllowed { global: false, .. }));
+    }
+    let d = a(&s, c, "random.example.net");
+    assert_eq!(d.action, Action::NxDomain);
+    assert_eq!(d.reason.ede().map(|e| e.0), Some(17), "opted-in customers get EDE 17 Filtered");
+    assert_eq!(a(&s, c, "notbank.example").action, Action::NxDomain, "no partial-label match");
+    let d = a(&s, c, "use-application-dns.net");
+    assert_eq!((d.action, d.reason.label()), (Action::NxDomain, "canary"));
+    // clean-pipe has no safe search: google.com resolves as itself.
+    assert_eq!(a(&s, c, "www.google.com").action, Action::Resolve);
+}
+
+#[test]
+fn row4_enrolled_kids_over_ipv6_get_safe_search_and_info_page() {
+    let s = snapshot();
+    let c = "2001:db8:20:20ab::5";
+    let d = a(&s, c, "www.google.com");
+    let Action::Rewrite(t) = d.action else { panic!("kids must get safe search, got {d:?}") };
+    assert_eq!(s.rewrite_targets[t as usize].1, "forcesafesearch.google.com");
+    assert_eq!(a(&s, c, "maps.google.com").action, Action::Resolve, "rest of google.com stays allowed");
+    assert_eq!(a(&s, c, "school.example").action, Action::Resolve);
+    let d = a(&s, c, "bank.example");
+    assert_eq!(d.action, Action::Sinkhole(Page::Info), "banking is not in the kids profile");
+    assert_eq!(d.reason.ede().map(|e| e.0), Some(17));
+}
+
+#[test]
+fn row4_global_trusted_only_mode() {
+    let mode = "mode: trusted-only\nset_by: noc\nreason: worldwide worm\nexpires: 2026-12-01T00:00:00Z\nexempt: [192.0.2.250/32]\n";
+    let s = snapshot_with(&[("mode.yaml", mode)], &Overrides::default());
+    let d = a(&s, "192.0.2.1", "random.example.net");
+    assert_eq!(d.action, Action::NxDomain);
+    assert!(matches!(d.reason, Reason::TrustedBlocked { global: true, .. }));
+    assert_eq!(d.reason.ede().map(|e| e.0), Some(15), "global mode is EDE 15 Blocked");
+    assert_eq!(a(&s, "192.0.2.1", "bank.example").action, Action::Resolve);
+    assert_eq!(a(&s, "2001:db8:1::1", "random.example.net").action, Action::NxDomain);
+    // Exempt infrastructure is served normally.
+    assert_eq!(a(&s, "192.0.2.250", "random.example.net").reason, Reason::Normal);
+    // Enrolled kids keep their stricter profile.
+    assert_eq!(a(&s, "2001:db8:20:2000::1", "bank.example").action, Action::Sinkhole(Page::Info));
+    // Quarantine still comes first.
+    assert_eq!(a(&s, "192.0.2.66", "bank.example").action, Action::Sinkhole(Page::Cleanup));
+    // After expiry everyone is back to normal.
+    let after = 1_796_083_200 + 1; // 2026-12-01T00:00:01Z
+    assert_eq!(ask(&s, "192.0.2.1", "random.example.net", RecordType::A, after).reason, Reason::Normal);
+}
+
+#[test]
+fn row5_everyone_else_resolves_normally() {
+    let s = snapshot();
+    for client in ["192.0.2.1", "2001:db8:1::1", "127.0.0.1"] {
+        let d = a(&s, client, "anything.example.org");
+        assert_eq!((d.action, d.reason), (Action::Resolve, Reason::Normal), "{client}");
+    }
+}
+
+#[test]
+fn admin_overrides_merge_over_files() {
+    let mut o = Overrides::default();
+    // Unflag a file entry (reported before the clear), flag a new one, change the mode.
+    o.cleared.push(("192.0.2.66/32".parse().expect("net"), 1_796_000_000)); // after the report
+    o.infected.push(crate::policy::sources::InfectedEntry {
+        prefix: "192.0.2.1".parse::<Prefix>().expect("prefix"),
+        family: "Manual".into(),
+        source: "abuse-desk".into(),
+        first_seen: chrono::DateTime::from_timestamp(NOW, 0).expect("time"),
+        ticket: None,
+    });
+    o.mode = Some(ModeFile {
+        mode: Mode::TrustedOnly,
+        set_by: "noc".into(),
+        reason: "test".into(),
+        set_at: None,
+        expires: None,
+        exempt: vec![],
+    });
+    let s = snapshot_with(&[], &o);
+    assert!(matches!(a(&s, "192.0.2.66", "example.net").reason, Reason::TrustedBlocked { global: true, .. }));
+    assert_eq!(a(&s, "192.0.2.1", "example.net").action, Action::Sinkhole(Page::Cleanup));
+    assert_eq!(s.mode.source, "admin-api");
+}
+
+#[test]
+fn semantic_errors_name_file_and_line() {
+    let bad = "enrolments:\n  - prefix: 192.0.2.30\n    profile: clean-pipe\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n  - prefix: 192.0.2.31\n    profile: kidz\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n  - prefix: 192.0.2.30\n    profile: kids\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n";
+    let errs = compile(&fixture::sources(&[("enrolments-2.yaml", bad)]), &Overrides::default(), &fixture::options())
+        .expect_err("unknown profile and duplicate must fail");
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(text.iter().any(|e| e.starts_with("enrolments-2.yaml:6:") && e.contains("kidz")), "{text:?}");
+    assert!(text.iter().any(|e| e.starts_with("enrolments-2.yaml:10:") && e.contains("twice")), "{text:?}");
+}
+
+#[test]
+fn duplicate_owned_domain_across_services_is_rejected() {
+    let mut src = fixture::sources(&[]);
+    src.allowlist_files.push((
+        "services/more.yaml".into(),
+        "allowlists/services/more.yaml".into(),
+        "services:\n  - id: bank2\n    name: B\n    category: banking\n    description: d\n    domains: [bank.example]\n".into(),
+    ));
+    let errs = compile(&src, &Overrides::default(), &fixture::options()).expect_err("duplicate");
+    assert!(errs.iter().any(|e| e.message.contains("bank.example")), "{errs:?}");
+}

@@ -1,0 +1,110 @@
+//! Human-readable explanations of decisions, for `cleanpipe explain` and the admin API.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::{Action, Page, Question, Reason, Snapshot, decide};
+
+/// A decision with the facts that led to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// What cleanpipe answers (`resolve`, `sinkhole to the cleanup page`...).
+    pub action: String,
+    /// The reason label (as in metrics).
+    pub reason: String,
+    /// Extended DNS Error attached, if any.
+    pub ede: Option<String>,
+    /// The facts, one per line, naming files and entries.
+    pub details: Vec<String>,
+    /// Snapshot generation used.
+    pub generation: u64,
+}
+
+fn when(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+}
+
+/// Decides and explains one query.
+pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanation {
+    let client = snap.classify(ip);
+    let d = decide(snap, &client, q, now);
+    let mut details = Vec::new();
+    let action = match d.action {
+        Action::Refuse => "refuse (REFUSED)".to_owned(),
+        Action::Resolve => "resolve normally".to_owned(),
+        Action::Alert => "resolve normally and alert the organisation".to_owned(),
+        Action::Sinkhole(Page::Cleanup) => "sinkhole to the cleanup page".to_owned(),
+        Action::Sinkhole(Page::Info) => "sinkhole to the information page".to_owned(),
+        Action::NxDomain => "NXDOMAIN".to_owned(),
+        Action::Rewrite(i) => format!(
+            "CNAME to {} (safe search)",
+            snap.rewrite_targets.get(i as usize).map_or("?", |t| t.1.as_str())
+        ),
+    };
+    if !client.served {
+        details.push(format!("client {ip} is not in clients.allow"));
+    }
+    if let Some(i) = client.infection.and_then(|i| snap.infections.get(i as usize)) {
+        details.push(format!(
+            "infected: {} family {} reported by {} first seen {}{} ({})",
+            i.prefix,
+            snap.string(i.family),
+            snap.string(i.source),
+            when(i.first_seen),
+            i.ticket.as_deref().map(|t| format!(" ticket {t}")).unwrap_or_default(),
+            snap.origin_text(i.origin)
+        ));
+    }
+    if let Some(o) = client.organisation.and_then(|o| snap.organisations.get(o as usize)) {
+        details.push(format!(
+            "inside organisation `{}` ({}), standing {:?}, grace {} h ({})",
+            o.id,
+            o.name,
+            o.standing,
+            o.grace_hours,
+            snap.origin_text(o.origin)
+        ));
+    }
+    if let Some(e) = client.enrolment.and_then(|e| snap.enrolments.get(e as usize)) {
+        let p = snap.profiles.get(e.profile as usize).map_or("?", |p| p.name.as_str());
+        details.push(format!(
+            "enrolled: {} in profile `{p}` by {} at {} ({})",
+            e.prefix,
+            e.enabled_by,
+            when(e.enabled_at),
+            snap.origin_text(e.origin)
+        ));
+    }
+    if snap.mode.trusted_only_at(now) {
+        details.push(format!(
+            "global trusted-only mode set by {} ({}), source {}{}",
+            snap.mode.set_by,
+            snap.mode.reason,
+            snap.mode.source,
+            if client.exempt { "; this client is exempt" } else { "" }
+        ));
+    }
+    match d.reason {
+        Reason::Remediation { source, .. } | Reason::TrustedAllowed { source, .. } => {
+            details.push(format!(
+                "{} is listed by {}",
+                q.name.to_text(),
+                snap.name_sources.get(source as usize).map_or("?", |s| s.as_str())
+            ));
+        }
+        Reason::TrustedBlocked { profile, .. } => details.push(format!(
+            "{} is not in profile `{}`",
+            q.name.to_text(),
+            snap.profiles.get(profile as usize).map_or("(missing)", |p| p.name.as_str())
+        )),
+        _ => {}
+    }
+    Explanation {
+        action,
+        reason: d.reason.label().to_owned(),
+        ede: d.reason.ede().map(|(c, t)| format!("{c}: {t}")),
+        details,
+        generation: snap.generation,
+    }
+}

@@ -1,0 +1,321 @@
+//! The pure policy core: no sockets, no clock reads, no I/O.
+//!
+//! - [`sources`]: the file formats operators write, and their parsers.
+//! - [`compile`]: sources (+ runtime overrides) → one validated, immutable [`Snapshot`].
+//! - [`decide`]: `(snapshot, client, question, now) → Decision`, the precedence of the product.
+//! - [`prefix`], [`names`]: the lookup structures.
+
+pub mod compile;
+pub mod decide;
+pub mod explain;
+pub mod names;
+pub mod prefix;
+pub mod sources;
+#[doc(hidden)]
+pub mod fixture;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub use compile::{Overrides, compile};
+pub use decide::{Action, Decision, Page, Question, Reason, decide};
+pub use names::{NameMap, QName};
+pub use prefix::PrefixMap;
+pub use sources::{Mode, PolicyError, SourceSet, Standing};
+
+/// Where an entry came from: a file and line, or the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Index into [`Snapshot::files`].
+    pub file: u16,
+    /// 1-based line, 0 when unknown.
+    pub line: u32,
+}
+
+/// An infected subscriber, compiled.
+#[derive(Debug, Clone)]
+pub struct Infection {
+    /// The subscriber's address or prefix.
+    pub prefix: IpNet,
+    /// Index into [`Snapshot::strings`]: malware family or signature.
+    pub family: u32,
+    /// Index into [`Snapshot::strings`]: who reported it.
+    pub source: u32,
+    /// Unix seconds.
+    pub first_seen: i64,
+    /// Ticket reference.
+    pub ticket: Option<Box<str>>,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// A trusted-zone enrolment, compiled.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// The customer's prefix.
+    pub prefix: IpNet,
+    /// Index into [`Snapshot::profiles`].
+    pub profile: u16,
+    /// Who enabled it.
+    pub enabled_by: Box<str>,
+    /// Unix seconds.
+    pub enabled_at: i64,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// A whitelisted organisation, compiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Organisation {
+    /// Identifier.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Networks.
+    pub networks: Vec<IpNet>,
+    /// Contacts.
+    pub contacts: Vec<sources::Contact>,
+    /// Grace period in hours.
+    pub grace_hours: u32,
+    /// Standing (a revocation recorded at runtime overrides the file).
+    pub standing: Standing,
+    /// Where it was declared.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The global mode in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeState {
+    /// `normal` or `trusted-only`.
+    pub mode: Mode,
+    /// Who set it.
+    pub set_by: String,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds, when set.
+    pub set_at: Option<i64>,
+    /// Unix seconds after which trusted-only no longer applies.
+    pub expires: Option<i64>,
+    /// `file` or `admin-api`.
+    pub source: String,
+}
+
+impl Default for ModeState {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Normal,
+            set_by: String::new(),
+            reason: String::new(),
+            set_at: None,
+            expires: None,
+            source: "default".into(),
+        }
+    }
+}
+
+impl ModeState {
+    /// True when trusted-only applies at `now`.
+    pub fn trusted_only_at(&self, now: i64) -> bool {
+        self.mode == Mode::TrustedOnly && self.expires.is_none_or(|e| now < e)
+    }
+}
+
+/// How blocked names are answered for a profile.
+pub use sources::Blocked;
+
+/// A compiled trusted-zone profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Name (`clean-pipe`, `kids`).
+    pub name: String,
+    /// One line.
+    pub description: String,
+    /// Answer for names outside the zone.
+    pub blocked: Blocked,
+    /// Safe-search rewrites apply.
+    pub safe_search: bool,
+    /// Service indexes included.
+    pub services: Vec<u32>,
+}
+
+/// Flags on an allowlisted name.
+pub mod flag {
+    /// Allowed in every trusted-zone profile (time, revocation, probes).
+    pub const ESSENTIAL: u8 = 1;
+    /// Reachable by quarantined subscribers.
+    pub const REMEDIATION: u8 = 2;
+    /// Probe that quarantined subscribers get sinkholed (captive-portal detection).
+    pub const PROBE_SINKHOLE: u8 = 4;
+    /// Probe that quarantined subscribers get resolved (e.g. Windows' DNS probe).
+    pub const PROBE_RESOLVE: u8 = 8;
+    /// NXDOMAIN in every trusted-zone profile (DoH canary, private relay).
+    pub const CANARY: u8 = 16;
+}
+
+/// What the allowlists say about one name (and its subtree).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NameFlags {
+    /// Bit `i` set: profile `i` allows the name.
+    pub profiles: u64,
+    /// [`flag`] bits.
+    pub flags: u8,
+    /// Index into [`Snapshot::name_sources`]: the first service or group that listed it.
+    pub source: u32,
+}
+
+/// The sinkhole and information-page answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sinkhole {
+    /// Cleanup page IPv4.
+    pub v4: Vec<Ipv4Addr>,
+    /// Cleanup page IPv6.
+    pub v6: Vec<Ipv6Addr>,
+    /// Information page IPv4.
+    pub info_v4: Vec<Ipv4Addr>,
+    /// Information page IPv6.
+    pub info_v6: Vec<Ipv6Addr>,
+    /// TTL of synthesized answers.
+    pub ttl: u32,
+}
+
+impl Default for Sinkhole {
+    fn default() -> Self {
+        Self {
+            v4: vec![Ipv4Addr::LOCALHOST],
+            v6: vec![Ipv6Addr::LOCALHOST],
+            info_v4: vec![Ipv4Addr::LOCALHOST],
+            info_v6: vec![Ipv6Addr::LOCALHOST],
+            ttl: 60,
+        }
+    }
+}
+
+/// What the policy knows about a client address: computed once per client (and cached until the
+/// snapshot changes), then used for every question.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientView {
+    /// Inside `clients.allow`.
+    pub served: bool,
+    /// Index into [`Snapshot::infections`].
+    pub infection: Option<u32>,
+    /// Index into [`Snapshot::organisations`].
+    pub organisation: Option<u32>,
+    /// Index into [`Snapshot::enrolments`].
+    pub enrolment: Option<u32>,
+    /// Exempt from global trusted-only mode.
+    pub exempt: bool,
+}
+
+/// One immutable, validated version of the whole policy. Built by [`compile`], swapped whole.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every successful reload.
+    pub generation: u64,
+    /// Files the entries came from (`Origin::file` indexes this).
+    pub files: Vec<String>,
+    /// Interned strings (families, sources).
+    pub strings: Vec<Box<str>>,
+    pub(crate) acl: PrefixMap<()>,
+    pub(crate) infected: PrefixMap<u32>,
+    /// Infected subscribers.
+    pub infections: Vec<Infection>,
+    pub(crate) enrolled: PrefixMap<u32>,
+    /// Trusted-zone enrolments.
+    pub enrolments: Vec<Enrolment>,
+    pub(crate) org_nets: PrefixMap<u32>,
+    /// Whitelisted organisations.
+    pub organisations: Vec<Organisation>,
+    /// Global mode.
+    pub mode: ModeState,
+    pub(crate) exempt: PrefixMap<()>,
+    /// Profile used for global trusted-only mode.
+    pub global_profile: u16,
+    /// Trusted-zone profiles (at most 64).
+    pub profiles: Vec<Profile>,
+    /// Curated services: `(id, display name, category)`.
+    pub services: Vec<(String, String, String)>,
+    pub(crate) names: NameMap<NameFlags>,
+    /// Human-readable origin of allowlisted names (`service kbc`, `remediation antivirus`...).
+    pub name_sources: Vec<String>,
+    pub(crate) rewrites: NameMap<u16>,
+    /// Safe-search targets: `(engine, target name)`.
+    pub rewrite_targets: Vec<(String, String)>,
+    /// Synthesized answers.
+    pub sinkhole: Sinkhole,
+    /// Release of the curated allowlists.
+    pub allowlist_version: String,
+}
+
+impl Snapshot {
+    /// Everything the policy knows about `ip`. Pure; callers may cache it per snapshot.
+    pub fn classify(&self, ip: IpAddr) -> ClientView {
+        let ip = prefix::canonical_ip(ip);
+        ClientView {
+            served: self.acl.contains(ip),
+            infection: self.infected.longest_match(ip).map(|(_, i)| *i),
+            organisation: self.org_nets.longest_match(ip).map(|(_, i)| *i),
+            enrolment: self.enrolled.longest_match(ip).map(|(_, i)| *i),
+            exempt: self.exempt.contains(ip),
+        }
+    }
+
+    /// An interned string.
+    pub fn string(&self, i: u32) -> &str {
+        self.strings.get(i as usize).map_or("", |s| s)
+    }
+
+    /// `file:line` of an origin.
+    pub fn origin_text(&self, o: Origin) -> String {
+        let file = self.files.get(o.file as usize).map_or("?", |s| s.as_str());
+        if o.line > 0 {
+            format!("{file}:{}", o.line)
+        } else {
+            file.to_owned()
+        }
+    }
+
+    /// Index of a profile by name.
+    pub fn profile_index(&self, name: &str) -> Option<u16> {
+        self.profiles.iter().position(|p| p.name == name).map(|i| i as u16)
+    }
+
+    /// Number of names in the allowlists index.
+    pub fn allowlisted_names(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Loaded counts, for status and metrics.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            infected: self.infections.len(),
+            enrolments: self.enrolments.len(),
+            organisations: self.organisations.len(),
+            profiles: self.profiles.len(),
+            services: self.services.len(),
+            allowlisted_names: self.names.len(),
+            client_networks: self.acl.len(),
+        }
+    }
+}
+
+/// Sizes of a snapshot.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Infected subscribers.
+    pub infected: usize,
+    /// Trusted-zone enrolments.
+    pub enrolments: usize,
+    /// Whitelisted organisations.
+    pub organisations: usize,
+    /// Profiles.
+    pub profiles: usize,
+    /// Curated services.
+    pub services: usize,
+    /// Distinct allowlisted names.
+    pub allowlisted_names: usize,
+    /// Served client networks.
+    pub client_networks: usize,
+}

@@ -1,0 +1,158 @@
+//! Resolution backends behind one trait, and the answer cache in front of them.
+//!
+//! - [`recursive`]: iterative resolution from root hints (hickory's recursor).
+//! - [`forward`]: forwarding to configured upstream resolvers.
+//! - [`cache`]: TTL-honouring, size-bounded answer cache shared by both.
+//!
+//! Backends run on the control runtime (a small multi-thread runtime); the serving threads only
+//! touch the cache on a hit, so a slow upstream never stalls the answer path of cached names.
+//! Every failure becomes SERVFAIL for the client, never a panic.
+
+pub mod cache;
+pub mod forward;
+pub mod recursive;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, Record, RecordType};
+
+use crate::config::{Config, ResolverMode};
+use cache::{AnswerCache, CacheKey};
+
+/// A resolved answer, ready to be put in a response.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// NOERROR, NXDOMAIN or SERVFAIL.
+    pub rcode: ResponseCode,
+    /// Answer section (the CNAME chain and the records of the asked type).
+    pub answers: Vec<Record>,
+    /// Authority section (the SOA of negative answers).
+    pub authorities: Vec<Record>,
+}
+
+impl Answer {
+    /// A SERVFAIL with no records.
+    pub fn servfail() -> Self {
+        Self {
+            rcode: ResponseCode::ServFail,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+        }
+    }
+}
+
+/// Why a backend could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The backend failed (timeout, unreachable servers, lame delegation...).
+    #[error("resolution of {name} {qtype} failed: {message}")]
+    Failed {
+        /// Name asked.
+        name: String,
+        /// Type asked.
+        qtype: RecordType,
+        /// What happened.
+        message: String,
+    },
+    /// The backend could not be built.
+    #[error("resolver setup: {0}")]
+    Setup(String),
+}
+
+/// A resolution backend: returns NOERROR/NXDOMAIN answers, or an error for everything else.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Resolves one question. `name` is fully qualified.
+    async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError>;
+    /// A label for logs and metrics (`recursive`, `forward`).
+    fn kind(&self) -> &'static str;
+}
+
+/// The configured backend with the answer cache in front of it.
+pub struct Resolver {
+    backend: Arc<dyn Backend>,
+    cache: AnswerCache,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl Resolver {
+    /// Builds the backend named by the configuration. Backend work is spawned on `runtime`.
+    pub fn from_config(config: &Config, runtime: tokio::runtime::Handle) -> Result<Self, ResolveError> {
+        let backend: Arc<dyn Backend> = match config.resolver.mode {
+            ResolverMode::Recursive => Arc::new(recursive::Recursive::new(&config.resolver)?),
+            ResolverMode::Forward => Arc::new(forward::Forward::new(&config.resolver)?),
+        };
+        Ok(Self::new(backend, AnswerCache::new(&config.cache), runtime, config))
+    }
+
+    /// Assembles a resolver from parts (tests use their own backend).
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        cache: AnswerCache,
+        runtime: tokio::runtime::Handle,
+        config: &Config,
+    ) -> Self {
+        Self {
+            backend,
+            cache,
+            runtime,
+            timeout: Duration::from_secs(config.resolver.resolution_timeout_secs.max(1)),
+        }
+    }
+
+    /// The backend kind.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// The answer cache.
+    pub fn cache(&self) -> &AnswerCache {
+        &self.cache
+    }
+
+    /// Answers from the cache, or resolves (bounded by the resolution timeout) and caches.
+    pub async fn resolve(&self, name: &Name, qtype: RecordType) -> Answer {
+        let key = CacheKey::new(name, qtype);
+        if let Some(hit) = self.cache.get(&key) {
+            metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
+            return hit;
+        }
+        metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
+        let backend = self.backend.clone();
+        let timeout = self.timeout;
+        let fqdn = {
+            let mut n = name.clone();
+            n.set_fqdn(true);
+            n
+        };
+        let task = self.runtime.spawn(async move {
+            match tokio::time::timeout(timeout, backend.resolve(&fqdn, qtype)).await {
+                Ok(r) => r,
+                Err(_) => Err(ResolveError::Failed {
+                    name: fqdn.to_string(),
+                    qtype,
+                    message: format!("no answer within {} s", timeout.as_secs()),
+                }),
+            }
+        });
+        let answer = match task.await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                metrics::counter!(crate::metrics::UPSTREAM_FAILURES, "backend" => self.backend.kind())
+                    .increment(1);
+                tracing::debug!(error = %e, "resolution failed");
+                Answer::servfail()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "resolution task failed");
+                Answer::servfail()
+            }
+        };
+        self.cache.insert(key, &answer);
+        answer
+    }
+}

@@ -1,0 +1,148 @@
+//! `cleanpipe serve`: wires the store, resolver, DNS listeners, admin API and watcher together.
+//!
+//! Start-up order is deliberate: the state database and the first policy snapshot are loaded
+//! before any DNS socket is bound, so cleanpipe never answers unfiltered while policy loads. The
+//! readiness flag (`GET /ready`, and the `ready` log line) is set once every socket is bound.
+//!
+//! Shutdown: on the signal, cleanpipe keeps answering until no query is in flight (at most
+//! `DRAIN`), then closes the sockets.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::dns::DnsHandler;
+use crate::dns::listen::{ListenError, Listeners};
+use crate::resolve::{ResolveError, Resolver};
+use crate::state::{StateDb, StateError};
+use crate::store::{PolicyStore, ReloadError};
+use crate::web::admin::{AdminState, router};
+
+/// Longest wait for in-flight queries at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The state database.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The first policy is invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] ReloadError),
+    /// The resolver.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// DNS sockets.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The admin API socket.
+    #[error("admin API on {addr}: {source}")]
+    Admin {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The policy watcher.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+    /// A start-up task failed.
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// Runs the service until `shutdown` completes. Must run inside a multi-thread tokio runtime
+/// (the control runtime: backends, admin API, watcher).
+pub async fn serve(
+    config: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    crate::metrics::describe();
+    let state_path = config.state.path.clone();
+    let state = Arc::new(
+        tokio::task::spawn_blocking(move || StateDb::open(&state_path))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??,
+    );
+    let cfg = config.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || PolicyStore::open(&cfg, state))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??,
+    );
+    let resolver = Arc::new(Resolver::from_config(&config, tokio::runtime::Handle::current())?);
+    let handler = DnsHandler::new(store.clone(), resolver.clone());
+    let inflight = handler.inflight();
+    let listeners = Listeners::start(&config.listen, handler)?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = match config.admin.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Admin { addr, source })?;
+            let token = config.admin_token().map(Arc::from);
+            if token.is_none() {
+                tracing::warn!("no admin token configured: every admin API call will be refused");
+            }
+            let app = router(AdminState {
+                store: store.clone(),
+                token,
+                ready: ready.clone(),
+                metrics,
+            });
+            Some(tokio::spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = admin_stop_rx.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "admin API stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let mut dirs = vec![config.policy.allowlists.clone()];
+    dirs.extend(config.policy.dir.clone());
+    let watcher = crate::watch::watch(
+        store.clone(),
+        &dirs,
+        Duration::from_millis(config.policy.reload_debounce_ms.max(10)),
+    )?;
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        dns = ?listeners.addrs,
+        admin = ?config.admin.listen,
+        backend = resolver.kind(),
+        generation = store.snapshot().generation,
+        "ready"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: answering in-flight queries");
+    ready.store(false, Ordering::Release);
+    drop(watcher);
+    let started = Instant::now();
+    while inflight.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(move || listeners.stop())
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let _ = admin_stop.send(());
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

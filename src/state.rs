@@ -1,0 +1,336 @@
+//! Durable runtime state in SQLite (WAL mode): changes made through the admin API, and an audit
+//! log of every change. Policy files stay the operator's source of truth; this database holds
+//! what was changed at runtime so it survives a restart and is merged into every snapshot.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated forward on open. Access goes
+//! through one connection behind a mutex: admin changes are rare and small.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::policy::Overrides;
+use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
+
+/// A state database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite reported an error.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be read back.
+    #[error("state database: bad stored value: {0}")]
+    Corrupt(String),
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: admin overrides and the audit log.
+    "CREATE TABLE infected (prefix TEXT PRIMARY KEY, family TEXT NOT NULL, source TEXT NOT NULL,
+        first_seen INTEGER NOT NULL, ticket TEXT);
+     CREATE TABLE cleared (prefix TEXT PRIMARY KEY, cleared_at INTEGER NOT NULL);
+     CREATE TABLE enrolments (prefix TEXT PRIMARY KEY, profile TEXT NOT NULL,
+        enabled_by TEXT NOT NULL, enabled_at INTEGER NOT NULL);
+     CREATE TABLE unenrolled (prefix TEXT PRIMARY KEY, at INTEGER NOT NULL);
+     CREATE TABLE global_mode (id INTEGER PRIMARY KEY CHECK (id = 1), mode TEXT NOT NULL,
+        set_by TEXT NOT NULL, reason TEXT NOT NULL, set_at INTEGER, expires INTEGER,
+        exempt TEXT NOT NULL);
+     CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+        actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);",
+];
+
+/// The state database.
+pub struct StateDb {
+    conn: Mutex<Connection>,
+}
+
+fn ts(t: i64) -> Result<DateTime<Utc>, StateError> {
+    DateTime::from_timestamp(t, 0).ok_or_else(|| StateError::Corrupt(format!("timestamp {t}")))
+}
+
+fn prefix(s: &str) -> Result<Prefix, StateError> {
+    s.parse().map_err(StateError::Corrupt)
+}
+
+impl StateDb {
+    /// Opens (creating and migrating as needed) the database file.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (tests, `check`).
+    pub fn in_memory() -> Result<Self, StateError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StateError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+
+    fn audit(tx: &rusqlite::Transaction<'_>, actor: &str, action: &str, detail: &str) -> Result<(), StateError> {
+        tx.execute(
+            "INSERT INTO audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![Utc::now().timestamp(), actor, action, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Flags a subscriber infected.
+    pub fn flag(&self, e: &InfectedEntry, actor: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let p = e.prefix.to_string();
+            tx.execute(
+                "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p, e.family, e.source, e.first_seen.timestamp(), e.ticket],
+            )?;
+            tx.execute("DELETE FROM cleared WHERE prefix = ?1", params![p])?;
+            Self::audit(&tx, actor, "flag", &format!("{p} {} ({})", e.family, e.source))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Unflags a subscriber: drops an admin flag and hides file entries reported before now.
+    pub fn unflag(&self, net: IpNet, now: i64, actor: &str, reason: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let p = Prefix(net).to_string();
+            tx.execute("DELETE FROM infected WHERE prefix = ?1", params![p])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO cleared (prefix, cleared_at) VALUES (?1, ?2)",
+                params![p, now],
+            )?;
+            Self::audit(&tx, actor, "unflag", &format!("{p}: {reason}"))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Enrols a customer in a profile.
+    pub fn enrol(&self, e: &EnrolmentEntry, actor: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let p = e.prefix.to_string();
+            tx.execute(
+                "INSERT OR REPLACE INTO enrolments (prefix, profile, enabled_by, enabled_at) VALUES (?1, ?2, ?3, ?4)",
+                params![p, e.profile, e.enabled_by, e.enabled_at.timestamp()],
+            )?;
+            tx.execute("DELETE FROM unenrolled WHERE prefix = ?1", params![p])?;
+            Self::audit(&tx, actor, "enrol", &format!("{p} {}", e.profile))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Removes a customer's enrolment.
+    pub fn unenrol(&self, net: IpNet, now: i64, actor: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let p = Prefix(net).to_string();
+            tx.execute("DELETE FROM enrolments WHERE prefix = ?1", params![p])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO unenrolled (prefix, at) VALUES (?1, ?2)",
+                params![p, now],
+            )?;
+            Self::audit(&tx, actor, "unenrol", &p)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Sets the global mode (overrides `mode.yaml`).
+    pub fn set_mode(&self, m: &ModeFile, actor: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mode = match m.mode {
+                Mode::Normal => "normal",
+                Mode::TrustedOnly => "trusted-only",
+            };
+            let exempt: Vec<String> = m.exempt.iter().map(|p| p.to_string()).collect();
+            tx.execute(
+                "INSERT OR REPLACE INTO global_mode (id, mode, set_by, reason, set_at, expires, exempt) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    mode,
+                    m.set_by,
+                    m.reason,
+                    m.set_at.map(|t| t.timestamp()),
+                    m.expires.map(|t| t.timestamp()),
+                    exempt.join(",")
+                ],
+            )?;
+            Self::audit(&tx, actor, "set-mode", &format!("{mode}: {}", m.reason))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Clears the admin mode: `mode.yaml` (or normal) applies again.
+    pub fn clear_mode(&self, actor: &str, reason: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM global_mode", [])?;
+            Self::audit(&tx, actor, "clear-mode", reason)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every override, for merging into a snapshot.
+    pub fn overrides(&self) -> Result<Overrides, StateError> {
+        self.with(|c| {
+            let mut o = Overrides::default();
+            let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket FROM infected ORDER BY prefix")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?))
+            })?;
+            for row in rows {
+                let (p, family, source, first_seen, ticket) = row?;
+                o.infected.push(InfectedEntry {
+                    prefix: prefix(&p)?,
+                    family,
+                    source,
+                    first_seen: ts(first_seen)?,
+                    ticket,
+                });
+            }
+            let mut st = c.prepare("SELECT prefix, cleared_at FROM cleared")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (p, at) = row?;
+                o.cleared.push((prefix(&p)?.0, at));
+            }
+            let mut st = c.prepare("SELECT prefix, profile, enabled_by, enabled_at FROM enrolments ORDER BY prefix")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?))
+            })?;
+            for row in rows {
+                let (p, profile, enabled_by, at) = row?;
+                o.enrolments.push(EnrolmentEntry {
+                    prefix: prefix(&p)?,
+                    profile,
+                    enabled_by,
+                    enabled_at: ts(at)?,
+                });
+            }
+            let mut st = c.prepare("SELECT prefix FROM unenrolled")?;
+            for row in st.query_map([], |r| r.get::<_, String>(0))? {
+                o.unenrolled.push(prefix(&row?)?.0);
+            }
+            let mode = c
+                .query_row(
+                    "SELECT mode, set_by, reason, set_at, expires, exempt FROM global_mode WHERE id = 1",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            if let Some((mode, set_by, reason, set_at, expires, exempt)) = mode {
+                o.mode = Some(ModeFile {
+                    mode: match mode.as_str() {
+                        "trusted-only" => Mode::TrustedOnly,
+                        "normal" => Mode::Normal,
+                        other => return Err(StateError::Corrupt(format!("mode {other}"))),
+                    },
+                    set_by,
+                    reason,
+                    set_at: set_at.map(ts).transpose()?,
+                    expires: expires.map(ts).transpose()?,
+                    exempt: exempt
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(prefix)
+                        .collect::<Result<_, _>>()?,
+                });
+            }
+            Ok(o)
+        })
+    }
+
+    /// The latest audit entries, newest first: `(at, actor, action, detail)`.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<(i64, String, String, String)>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+            let rows = st.query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_survive_reopen_and_audit_is_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        {
+            let db = StateDb::open(&path).expect("open");
+            db.flag(
+                &InfectedEntry {
+                    prefix: "2001:db8:1:100::/56".parse().expect("prefix"),
+                    family: "Mirai".into(),
+                    source: "abuse-desk".into(),
+                    first_seen: ts(1_700_000_000).expect("ts"),
+                    ticket: Some("T-1".into()),
+                },
+                "alice",
+            )
+            .expect("flag");
+            db.unflag("192.0.2.1/32".parse().expect("net"), 1_700_000_100, "bob", "cleaned").expect("unflag");
+            db.set_mode(
+                &ModeFile {
+                    mode: Mode::TrustedOnly,
+                    set_by: "noc".into(),
+                    reason: "worm".into(),
+                    set_at: None,
+                    expires: None,
+                    exempt: vec!["192.0.2.0/24".parse().expect("prefix")],
+                },
+                "noc",
+            )
+            .expect("mode");
+        }
+        let db = StateDb::open(&path).expect("reopen");
+        let o = db.overrides().expect("read");
+        assert_eq!(o.infected.len(), 1);
+        assert_eq!(o.infected[0].ticket.as_deref(), Some("T-1"));
+        assert_eq!(o.cleared, vec![("192.0.2.1/32".parse().expect("net"), 1_700_000_100)]);
+        let m = o.mode.expect("mode persisted");
+        assert_eq!(m.mode, Mode::TrustedOnly);
+        assert_eq!(m.exempt.len(), 1);
+        let log = db.audit_log(10).expect("audit");
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[0].2, "set-mode");
+        db.clear_mode("noc", "over").expect("clear");
+        assert!(db.overrides().expect("read").mode.is_none());
+    }
+}

@@ -1,0 +1,319 @@
+//! The admin HTTP API. Bound to loopback by default; every `/v1/` call needs
+//! `Authorization: Bearer <token>` (401 otherwise, and always 401 when no token is configured).
+//! `/ready` and `/metrics` are open for probes and scrapers.
+//!
+//! Changes are written to the state database first, then the policy is recompiled; the response
+//! arrives once the new snapshot serves, so "200 OK" means "in force now".
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use chrono::{DateTime, Utc};
+use hickory_proto::rr::RecordType;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::policy::Question;
+use crate::policy::explain::explain;
+use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
+use crate::store::PolicyStore;
+
+/// Shared state of the admin API.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The policy.
+    pub store: Arc<PolicyStore>,
+    /// Bearer token; `None` refuses every `/v1/` call.
+    pub token: Option<Arc<str>>,
+    /// Set once sockets are bound and the first policy serves.
+    pub ready: Arc<AtomicBool>,
+    /// Prometheus renderer.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/reload", post(reload))
+        .route("/v1/mode", put(set_mode).delete(clear_mode))
+        .route("/v1/infected", post(flag).delete(unflag))
+        .route("/v1/enrolments", post(enrol).delete(unenrol))
+        .route("/v1/explain", get(explain_query))
+        .route("/v1/audit", get(audit))
+        .with_state(state)
+}
+
+/// Errors answered as JSON `{ "error": ... }`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult = Result<Json<serde_json::Value>, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the bearer token; returns the actor for the audit log.
+fn authorise(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let unauthorised = || ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+    let token = state.token.as_deref().ok_or_else(unauthorised)?;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorised)?;
+    if !same(given.trim().as_bytes(), token.as_bytes()) {
+        return Err(unauthorised());
+    }
+    Ok(headers
+        .get("x-cleanpipe-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 100)
+        .unwrap_or("admin-api")
+        .to_owned())
+}
+
+async fn reload_now(store: &Arc<PolicyStore>) -> Result<u64, ApiError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.reload())
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::state::StateError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?.map_err(internal)
+}
+
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    match &s.metrics {
+        Some(h) => (StatusCode::OK, h.render()),
+        None => (StatusCode::NOT_FOUND, String::new()),
+    }
+}
+
+async fn status(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorise(&s, &headers)?;
+    let snap = s.store.snapshot();
+    let now = Utc::now().timestamp();
+    Ok(Json(json!({
+        "generation": snap.generation,
+        "reload": s.store.status(),
+        "counts": snap.counts(),
+        "mode": snap.mode,
+        "trusted_only_in_force": snap.mode.trusted_only_at(now),
+        "allowlist_version": snap.allowlist_version,
+        "profiles": snap.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        "organisations": snap.organisations.iter().map(|o| json!({
+            "id": o.id, "name": o.name, "standing": o.standing, "grace_hours": o.grace_hours,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorise(&s, &headers)?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+/// Body of `PUT /v1/mode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: Mode,
+    reason: String,
+    #[serde(default)]
+    expires: Option<DateTime<Utc>>,
+    #[serde(default)]
+    exempt: Option<Vec<Prefix>>,
+}
+
+async fn set_mode(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<ModeBody>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    if b.reason.trim().is_empty() {
+        return Err(bad("a reason is required"));
+    }
+    // Keep the exemptions already in force unless new ones are given.
+    let exempt = match b.exempt {
+        Some(e) => e,
+        None => s.store.state().overrides().map_err(internal)?.mode.map(|m| m.exempt).unwrap_or_default(),
+    };
+    let m = ModeFile {
+        mode: b.mode,
+        set_by: actor.clone(),
+        reason: b.reason,
+        set_at: Some(Utc::now()),
+        expires: b.expires,
+        exempt,
+    };
+    let st = s.store.state().clone();
+    blocking(move || st.set_mode(&m, &actor)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation, "mode": s.store.snapshot().mode })))
+}
+
+/// `?reason=` of delete calls.
+#[derive(Deserialize)]
+struct ReasonQuery {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+async fn clear_mode(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    let st = s.store.state().clone();
+    let reason = q.reason.unwrap_or_default();
+    blocking(move || st.clear_mode(&actor, &reason)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation, "mode": s.store.snapshot().mode })))
+}
+
+/// Body of `POST /v1/infected`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagBody {
+    prefix: Prefix,
+    family: String,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    first_seen: Option<DateTime<Utc>>,
+}
+
+async fn flag(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<FlagBody>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    if b.family.trim().is_empty() {
+        return Err(bad("family is required"));
+    }
+    let e = InfectedEntry {
+        prefix: b.prefix,
+        family: b.family,
+        source: b.source.unwrap_or_else(|| actor.clone()),
+        first_seen: b.first_seen.unwrap_or_else(Utc::now),
+        ticket: b.ticket,
+    };
+    let st = s.store.state().clone();
+    blocking(move || st.flag(&e, &actor)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+fn query_prefix(q: &ReasonQuery) -> Result<Prefix, ApiError> {
+    q.prefix
+        .as_deref()
+        .ok_or_else(|| bad("?prefix= is required"))?
+        .parse()
+        .map_err(bad)
+}
+
+async fn unflag(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    let p = query_prefix(&q)?;
+    let st = s.store.state().clone();
+    let reason = q.reason.unwrap_or_default();
+    blocking(move || st.unflag(p.0, Utc::now().timestamp(), &actor, &reason)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+/// Body of `POST /v1/enrolments`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolBody {
+    prefix: Prefix,
+    profile: String,
+}
+
+async fn enrol(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<EnrolBody>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    let snap = s.store.snapshot();
+    if snap.profile_index(&b.profile).is_none() {
+        let known: Vec<_> = snap.profiles.iter().map(|p| p.name.as_str()).collect();
+        return Err(bad(format!("unknown profile `{}` (known: {})", b.profile, known.join(", "))));
+    }
+    let e = EnrolmentEntry {
+        prefix: b.prefix,
+        profile: b.profile,
+        enabled_by: actor.clone(),
+        enabled_at: Utc::now(),
+    };
+    let st = s.store.state().clone();
+    blocking(move || st.enrol(&e, &actor)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+async fn unenrol(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
+    let actor = authorise(&s, &headers)?;
+    let p = query_prefix(&q)?;
+    let st = s.store.state().clone();
+    blocking(move || st.unenrol(p.0, Utc::now().timestamp(), &actor)).await?;
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(json!({ "generation": generation })))
+}
+
+/// `?client=&name=&type=` of explain.
+#[derive(Deserialize)]
+struct ExplainQuery {
+    client: IpAddr,
+    name: String,
+    #[serde(default, rename = "type")]
+    qtype: Option<String>,
+}
+
+async fn explain_query(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ExplainQuery>) -> ApiResult {
+    authorise(&s, &headers)?;
+    let qtype = match q.qtype.as_deref() {
+        None => RecordType::A,
+        Some(t) => t.to_ascii_uppercase().parse().map_err(|_| bad(format!("unknown type `{t}`")))?,
+    };
+    let question = Question::new(&q.name, qtype).ok_or_else(|| bad("name too long"))?;
+    let snap = s.store.snapshot();
+    Ok(Json(serde_json::to_value(explain(&snap, q.client, &question, Utc::now().timestamp())).map_err(internal)?))
+}
+
+async fn audit(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorise(&s, &headers)?;
+    let st = s.store.state().clone();
+    let rows = blocking(move || st.audit_log(200)).await?;
+    Ok(Json(json!(rows
+        .into_iter()
+        .map(|(at, actor, action, detail)| json!({"at": at, "actor": actor, "action": action, "detail": detail}))
+        .collect::<Vec<_>>())))
+}
