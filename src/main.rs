@@ -148,7 +148,9 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -158,7 +160,10 @@ fn init_logging(config: &Config) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
         return;
@@ -181,7 +186,11 @@ fn serve(arg: &ConfigArg) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    rt.block_on(cleanpipe::server::serve(config, Some(handle), shutdown_signal()))?;
+    rt.block_on(cleanpipe::server::serve(
+        config,
+        Some(handle),
+        shutdown_signal(),
+    ))?;
     Ok(())
 }
 
@@ -204,7 +213,10 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(e) = cleanpipe::resolve::Resolver::from_config(&config, tokio_handle_for_check()?.handle().clone()) {
+    if let Err(e) = cleanpipe::resolve::Resolver::from_config(
+        &config,
+        tokio_handle_for_check()?.handle().clone(),
+    ) {
         eprintln!("{e}");
         return Ok(ExitCode::FAILURE);
     }
@@ -214,7 +226,13 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
             let c = s.counts();
             println!(
                 "ok: {} infected, {} enrolments, {} organisations, {} profiles, {} services, {} allowlisted names, mode {:?}",
-                c.infected, c.enrolments, c.organisations, c.profiles, c.services, c.allowlisted_names, s.mode.mode
+                c.infected,
+                c.enrolments,
+                c.organisations,
+                c.profiles,
+                c.services,
+                c.allowlisted_names,
+                s.mode.mode
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -233,7 +251,9 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
 }
 
 fn tokio_handle_for_check() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn explain_cmd(arg: &ConfigArg, client: IpAddr, qname: &str, qtype: &str) -> Result<()> {
@@ -244,7 +264,12 @@ fn explain_cmd(arg: &ConfigArg, client: IpAddr, qname: &str, qtype: &str) -> Res
         .parse()
         .map_err(|_| anyhow::anyhow!("unknown query type `{qtype}`"))?;
     let q = Question::new(qname, qtype).context("query name too long")?;
-    let e = explain(&store.snapshot(), client, &q, chrono::Utc::now().timestamp());
+    let e = explain(
+        &store.snapshot(),
+        client,
+        &q,
+        chrono::Utc::now().timestamp(),
+    );
     println!("decision: {}", e.action);
     println!("reason:   {}", e.reason);
     if let Some(ede) = &e.ede {
@@ -267,26 +292,52 @@ fn allowlist(arg: &ConfigArg, what: &AllowlistCmd) -> Result<()> {
         AllowlistCmd::List => {
             println!("{:<24} {:<20} {:>7}  name", "id", "category", "domains");
             for (_, s) in &lists.services {
-                println!("{:<24} {:<20} {:>7}  {}", s.id, s.category, s.domains.len() + s.shared.len(), s.name);
+                println!(
+                    "{:<24} {:<20} {:>7}  {}",
+                    s.id,
+                    s.category,
+                    s.domains.len() + s.shared.len(),
+                    s.name
+                );
             }
-            println!("{} services, allowlists version {}", lists.services.len(), lists.meta.version);
+            println!(
+                "{} services, allowlists version {}",
+                lists.services.len(),
+                lists.meta.version
+            );
         }
         AllowlistCmd::Profiles => {
             let store = offline_store(&config)?;
             for p in &store.snapshot().profiles {
-                println!("{:<16} {:>4} services  blocked: {:?}  safe search: {}  {}", p.name, p.services.len(), p.blocked, p.safe_search, p.description);
+                println!(
+                    "{:<16} {:>4} services  blocked: {:?}  safe search: {}  {}",
+                    p.name,
+                    p.services.len(),
+                    p.blocked,
+                    p.safe_search,
+                    p.description
+                );
             }
         }
     }
     Ok(())
 }
 
-fn admin_call(arg: &ConfigArg, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+fn admin_call(
+    arg: &ConfigArg,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<()> {
     let config = load_config(arg)?;
-    let addr = config.admin.listen.context("admin.listen is disabled in this configuration")?;
+    let addr = config
+        .admin
+        .listen
+        .context("admin.listen is disabled in this configuration")?;
     let token = config.admin_token();
     let body = body.map(|b| b.to_string());
-    let (code, text) = cleanpipe::web::client::call(addr, method, path, token.as_deref(), body.as_deref())?;
+    let (code, text) =
+        cleanpipe::web::client::call(addr, method, path, token.as_deref(), body.as_deref())?;
     println!("{}", text.trim_end());
     if !(200..300).contains(&code) {
         bail!("admin API answered {code}");
@@ -297,7 +348,9 @@ fn admin_call(arg: &ConfigArg, method: &str, path: &str, body: Option<serde_json
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b':' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b':' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

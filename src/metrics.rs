@@ -32,11 +32,20 @@ pub fn describe() {
     metrics::describe_counter!(BAD_REQUESTS, "Malformed or unsupported requests, by kind");
     metrics::describe_counter!(CACHE_HITS, "Answer cache hits");
     metrics::describe_counter!(CACHE_MISSES, "Answer cache misses");
-    metrics::describe_counter!(UPSTREAM_FAILURES, "Resolutions that failed upstream, by backend");
+    metrics::describe_counter!(
+        UPSTREAM_FAILURES,
+        "Resolutions that failed upstream, by backend"
+    );
     metrics::describe_counter!(RELOADS, "Successful policy reloads");
-    metrics::describe_counter!(RELOAD_FAILURES, "Failed policy reloads (previous policy kept)");
+    metrics::describe_counter!(
+        RELOAD_FAILURES,
+        "Failed policy reloads (previous policy kept)"
+    );
     metrics::describe_gauge!(GENERATION, "Generation of the serving policy snapshot");
-    metrics::describe_gauge!(COMPILE_MS, "Milliseconds the last successful policy compile took");
+    metrics::describe_gauge!(
+        COMPILE_MS,
+        "Milliseconds the last successful policy compile took"
+    );
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
 }

@@ -75,7 +75,10 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Task(e.to_string()))??,
     );
-    let resolver = Arc::new(Resolver::from_config(&config, tokio::runtime::Handle::current())?);
+    let resolver = Arc::new(Resolver::from_config(
+        &config,
+        tokio::runtime::Handle::current(),
+    )?);
     let handler = DnsHandler::new(store.clone(), resolver.clone());
     let inflight = handler.inflight();
     let listeners = Listeners::start(&config.listen, handler)?;

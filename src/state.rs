@@ -82,12 +82,20 @@ impl StateDb {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
 
-    fn audit(tx: &rusqlite::Transaction<'_>, actor: &str, action: &str, detail: &str) -> Result<(), StateError> {
+    fn audit(
+        tx: &rusqlite::Transaction<'_>,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
         tx.execute(
             "INSERT INTO audit (at, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
             params![Utc::now().timestamp(), actor, action, detail],
@@ -112,7 +120,13 @@ impl StateDb {
     }
 
     /// Unflags a subscriber: drops an admin flag and hides file entries reported before now.
-    pub fn unflag(&self, net: IpNet, now: i64, actor: &str, reason: &str) -> Result<(), StateError> {
+    pub fn unflag(
+        &self,
+        net: IpNet,
+        now: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = Prefix(net).to_string();
@@ -275,10 +289,16 @@ impl StateDb {
     }
 
     /// The latest audit entries, newest first: `(at, actor, action, detail)`.
-    pub fn audit_log(&self, limit: usize) -> Result<Vec<(i64, String, String, String)>, StateError> {
+    pub fn audit_log(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String, String)>, StateError> {
         self.with(|c| {
-            let mut st = c.prepare("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
-            let rows = st.query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let mut st =
+                c.prepare("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+            let rows = st.query_map(params![limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -305,7 +325,13 @@ mod tests {
                 "alice",
             )
             .expect("flag");
-            db.unflag("192.0.2.1/32".parse().expect("net"), 1_700_000_100, "bob", "cleaned").expect("unflag");
+            db.unflag(
+                "192.0.2.1/32".parse().expect("net"),
+                1_700_000_100,
+                "bob",
+                "cleaned",
+            )
+            .expect("unflag");
             db.set_mode(
                 &ModeFile {
                     mode: Mode::TrustedOnly,
@@ -323,7 +349,10 @@ mod tests {
         let o = db.overrides().expect("read");
         assert_eq!(o.infected.len(), 1);
         assert_eq!(o.infected[0].ticket.as_deref(), Some("T-1"));
-        assert_eq!(o.cleared, vec![("192.0.2.1/32".parse().expect("net"), 1_700_000_100)]);
+        assert_eq!(
+            o.cleared,
+            vec![("192.0.2.1/32".parse().expect("net"), 1_700_000_100)]
+        );
         let m = o.mode.expect("mode persisted");
         assert_eq!(m.mode, Mode::TrustedOnly);
         assert_eq!(m.exempt.len(), 1);

@@ -46,7 +46,9 @@ impl Current {
     fn new(snapshot: Snapshot) -> Self {
         Self {
             snapshot: Arc::new(snapshot),
-            clients: moka::sync::Cache::builder().max_capacity(CLIENT_CACHE).build(),
+            clients: moka::sync::Cache::builder()
+                .max_capacity(CLIENT_CACHE)
+                .build(),
         }
     }
 
@@ -105,8 +107,16 @@ impl PolicyStore {
             sinkhole: crate::policy::Sinkhole {
                 v4: config.sinkhole.ipv4.clone(),
                 v6: config.sinkhole.ipv6.clone(),
-                info_v4: config.sinkhole.info_ipv4.clone().unwrap_or_else(|| config.sinkhole.ipv4.clone()),
-                info_v6: config.sinkhole.info_ipv6.clone().unwrap_or_else(|| config.sinkhole.ipv6.clone()),
+                info_v4: config
+                    .sinkhole
+                    .info_ipv4
+                    .clone()
+                    .unwrap_or_else(|| config.sinkhole.ipv4.clone()),
+                info_v6: config
+                    .sinkhole
+                    .info_ipv6
+                    .clone()
+                    .unwrap_or_else(|| config.sinkhole.ipv6.clone()),
                 ttl: config.sinkhole.ttl,
             },
             global_profile: config.policy.global_profile.clone(),
@@ -143,7 +153,10 @@ impl PolicyStore {
 
     /// Status of reloads.
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Compiles the sources without swapping (for `check`).
@@ -181,7 +194,13 @@ impl PolicyStore {
                 st.counts = Some(counts);
                 st.last_errors.clear();
                 st.reloads += 1;
-                tracing::info!(generation, ms, infected = counts.infected, enrolments = counts.enrolments, "policy loaded");
+                tracing::info!(
+                    generation,
+                    ms,
+                    infected = counts.infected,
+                    enrolments = counts.enrolments,
+                    "policy loaded"
+                );
                 Ok(generation)
             }
             Err(e) => {

@@ -36,7 +36,11 @@ pub struct WatchError {
 }
 
 /// Starts watching `dirs` (missing ones are skipped); reloads `store` after each burst of changes.
-pub fn watch(store: Arc<PolicyStore>, dirs: &[PathBuf], debounce: Duration) -> Result<PolicyWatcher, WatchError> {
+pub fn watch(
+    store: Arc<PolicyStore>,
+    dirs: &[PathBuf],
+    debounce: Duration,
+) -> Result<PolicyWatcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event {
@@ -45,11 +49,17 @@ pub fn watch(store: Arc<PolicyStore>, dirs: &[PathBuf], debounce: Duration) -> R
             }
         }
     })
-    .map_err(|source| WatchError { path: PathBuf::new(), source })?;
+    .map_err(|source| WatchError {
+        path: PathBuf::new(),
+        source,
+    })?;
     for dir in dirs.iter().filter(|d| d.is_dir()) {
         watcher
             .watch(dir, RecursiveMode::Recursive)
-            .map_err(|source| WatchError { path: dir.clone(), source })?;
+            .map_err(|source| WatchError {
+                path: dir.clone(),
+                source,
+            })?;
     }
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
@@ -65,5 +75,8 @@ pub fn watch(store: Arc<PolicyStore>, dirs: &[PathBuf], debounce: Duration) -> R
             let _ = tokio::task::spawn_blocking(move || store.reload()).await;
         }
     });
-    Ok(PolicyWatcher { _watcher: watcher, task })
+    Ok(PolicyWatcher {
+        _watcher: watcher,
+        task,
+    })
 }

@@ -535,18 +535,26 @@ mod tests {
 
     #[test]
     fn empty_file_gives_safe_defaults() {
-        let c = Config::from_str_in("", "t.yaml", Path::new("/etc/cleanpipe")).expect("empty is valid");
+        let c =
+            Config::from_str_in("", "t.yaml", Path::new("/etc/cleanpipe")).expect("empty is valid");
         assert_eq!(c.listen.dns, default_dns_listen());
         assert_eq!(c.resolver.mode, ResolverMode::Recursive);
-        assert!(!c.clients.allow.iter().any(|n| n.prefix_len() == 0), "never open by default");
-        assert_eq!(c.state.path, Path::new("/etc/cleanpipe/cleanpipe-state.sqlite"));
+        assert!(
+            !c.clients.allow.iter().any(|n| n.prefix_len() == 0),
+            "never open by default"
+        );
+        assert_eq!(
+            c.state.path,
+            Path::new("/etc/cleanpipe/cleanpipe-state.sqlite")
+        );
         assert_eq!(c.sinkhole.ttl, 60);
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = "listen:\n  dns: [\"127.0.0.1:53\"]\n  treads: 2\n";
-        let err = Config::from_str_in(text, "c.yaml", Path::new(".")).expect_err("typo must be rejected");
+        let err =
+            Config::from_str_in(text, "c.yaml", Path::new(".")).expect_err("typo must be rejected");
         let msg = err.to_string();
         assert!(msg.starts_with("c.yaml:3:"), "{msg}");
         assert!(msg.contains("treads"), "{msg}");

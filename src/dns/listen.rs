@@ -57,7 +57,11 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
 }
 
 fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> Result<std::net::UdpSocket, ListenError> {
-    let err = |source| ListenError::Bind { addr, proto: "udp", source };
+    let err = |source| ListenError::Bind {
+        addr,
+        proto: "udp",
+        source,
+    };
     let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
     if rcvbuf > 0 {
         // Best effort: the kernel caps it at net.core.rmem_max.
@@ -68,7 +72,11 @@ fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> Result<std::net::UdpSocket, List
 }
 
 fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
-    let err = |source| ListenError::Bind { addr, proto: "tcp", source };
+    let err = |source| ListenError::Bind {
+        addr,
+        proto: "tcp",
+        source,
+    };
     let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
     s.listen(1024).map_err(err)?;
@@ -91,7 +99,11 @@ impl Listeners {
             for sockets in per_thread.iter_mut() {
                 let udp = bind_udp(addr, config.udp_receive_buffer)?;
                 if addr.port() == 0 {
-                    addr = udp.local_addr().map_err(|source| ListenError::Bind { addr, proto: "udp", source })?;
+                    addr = udp.local_addr().map_err(|source| ListenError::Bind {
+                        addr,
+                        proto: "udp",
+                        source,
+                    })?;
                 }
                 let tcp = bind_tcp(addr)?;
                 sockets.push((udp, tcp));
@@ -108,7 +120,10 @@ impl Listeners {
             let h = std::thread::Builder::new()
                 .name(format!("dns-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(rt) => rt,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot build serving runtime");
@@ -118,7 +133,10 @@ impl Listeners {
                     rt.block_on(async move {
                         let mut server = Server::new(SharedHandler(handler));
                         for (udp, tcp) in sockets {
-                            match (tokio::net::UdpSocket::from_std(udp), tokio::net::TcpListener::from_std(tcp)) {
+                            match (
+                                tokio::net::UdpSocket::from_std(udp),
+                                tokio::net::TcpListener::from_std(tcp),
+                            ) {
                                 (Ok(u), Ok(t)) => {
                                     server.register_socket(u);
                                     server.register_listener(t, idle, 64 * 1024);
@@ -158,11 +176,16 @@ struct SharedHandler(Arc<DnsHandler>);
 
 #[async_trait::async_trait]
 impl hickory_server::server::RequestHandler for SharedHandler {
-    async fn handle_request<R: hickory_server::server::ResponseHandler, T: hickory_server::net::runtime::Time>(
+    async fn handle_request<
+        R: hickory_server::server::ResponseHandler,
+        T: hickory_server::net::runtime::Time,
+    >(
         &self,
         request: &hickory_server::server::Request,
         response_handle: R,
     ) -> hickory_server::server::ResponseInfo {
-        self.0.handle_request::<R, T>(request, response_handle).await
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }

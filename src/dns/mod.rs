@@ -196,7 +196,13 @@ fn action_label(a: Action) -> &'static str {
 }
 
 /// A/AAAA answers pointing at a page; other types get an empty (NODATA) answer.
-fn synthesize(name: &Name, qtype: RecordType, v4: &[Ipv4Addr], v6: &[Ipv6Addr], ttl: u32) -> Vec<Record> {
+fn synthesize(
+    name: &Name,
+    qtype: RecordType,
+    v4: &[Ipv4Addr],
+    v6: &[Ipv6Addr],
+    ttl: u32,
+) -> Vec<Record> {
     match qtype {
         RecordType::A => v4
             .iter()
@@ -247,7 +253,8 @@ impl RequestHandler for DnsHandler {
         if let (Some(e), Some((code, text))) = (edns.as_mut(), reply.ede) {
             let mut data = code.to_be_bytes().to_vec();
             data.extend_from_slice(text.as_bytes());
-            e.options_mut().insert(EdnsOption::Unknown(EDE_OPTION, data));
+            e.options_mut()
+                .insert(EdnsOption::Unknown(EDE_OPTION, data));
         }
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;

@@ -188,7 +188,11 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
             continue;
         }
         if !categories.contains(s.category.as_str()) {
-            b.err(file, 0, format!("service `{}`: unknown category `{}`", s.id, s.category));
+            b.err(
+                file,
+                0,
+                format!("service `{}`: unknown category `{}`", s.id, s.category),
+            );
         }
         if s.domains.is_empty() {
             b.err(file, 0, format!("service `{}` lists no domains", s.id));
@@ -229,13 +233,21 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
 
     // Profiles.
     if lists.profiles.len() > 64 {
-        b.err("allowlists/profiles.yaml", 0, "at most 64 profiles are supported");
+        b.err(
+            "allowlists/profiles.yaml",
+            0,
+            "at most 64 profiles are supported",
+        );
     }
     for (pi, (name, def)) in lists.profiles.iter().enumerate().take(64) {
         let mut members: Vec<u32> = Vec::new();
         for c in &def.categories {
             if !categories.contains(c.as_str()) {
-                b.err("allowlists/profiles.yaml", 0, format!("profile `{name}`: unknown category `{c}`"));
+                b.err(
+                    "allowlists/profiles.yaml",
+                    0,
+                    format!("profile `{name}`: unknown category `{c}`"),
+                );
             }
         }
         for (i, (_, s)) in lists.services.iter().enumerate() {
@@ -245,7 +257,11 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         }
         for id in def.services.iter().chain(&def.exclude_services) {
             if !service_index.contains_key(id.as_str()) {
-                b.err("allowlists/profiles.yaml", 0, format!("profile `{name}`: unknown service `{id}`"));
+                b.err(
+                    "allowlists/profiles.yaml",
+                    0,
+                    format!("profile `{name}`: unknown service `{id}`"),
+                );
             }
         }
         for id in &def.services {
@@ -257,12 +273,19 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         }
         let bit = 1u64 << pi;
         for &si in &members {
-            let Some((_, s)) = lists.services.get(si as usize) else { continue };
+            let Some((_, s)) = lists.services.get(si as usize) else {
+                continue;
+            };
             let src = b.snap.name_sources.len() as u32;
-            b.snap.name_sources.push(format!("service {} ({})", s.id, s.name));
+            b.snap
+                .name_sources
+                .push(format!("service {} ({})", s.id, s.name));
             for d in s.domains.iter().chain(&s.shared) {
                 if let Ok(n) = normalise(d) {
-                    let e = b.snap.names.entry_or(&n, || NameFlags { source: src, ..Default::default() });
+                    let e = b.snap.names.entry_or(&n, || NameFlags {
+                        source: src,
+                        ..Default::default()
+                    });
                     e.profiles |= bit;
                 }
             }
@@ -282,14 +305,25 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         for d in names {
             match normalise(d) {
                 Ok(n) => {
-                    b.snap.names.entry_or(&n, || NameFlags { source: src, ..Default::default() }).flags |= f;
+                    b.snap
+                        .names
+                        .entry_or(&n, || NameFlags {
+                            source: src,
+                            ..Default::default()
+                        })
+                        .flags |= f;
                 }
                 Err(e) => b.err("allowlists", 0, format!("{what}: {e}")),
             }
         }
     };
     for g in &lists.remediation {
-        mark(b, &mut g.domains.iter(), format!("remediation {}", g.id), flag::REMEDIATION);
+        mark(
+            b,
+            &mut g.domains.iter(),
+            format!("remediation {}", g.id),
+            flag::REMEDIATION,
+        );
     }
     mark(
         b,
@@ -298,7 +332,12 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         flag::REMEDIATION,
     );
     for g in &lists.essentials {
-        mark(b, &mut g.domains.iter(), format!("essential {}", g.id), flag::ESSENTIAL);
+        mark(
+            b,
+            &mut g.domains.iter(),
+            format!("essential {}", g.id),
+            flag::ESSENTIAL,
+        );
     }
     for p in &lists.probes {
         let f = flag::ESSENTIAL
@@ -306,10 +345,20 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
                 ProbeQuarantine::Sinkhole => flag::PROBE_SINKHOLE,
                 ProbeQuarantine::Resolve => flag::PROBE_RESOLVE,
             };
-        mark(b, &mut std::iter::once(&p.name), format!("probe {} ({})", p.name, p.vendor), f);
+        mark(
+            b,
+            &mut std::iter::once(&p.name),
+            format!("probe {} ({})", p.name, p.vendor),
+            f,
+        );
     }
     for c in &lists.canaries {
-        mark(b, &mut std::iter::once(&c.name), format!("canary {}", c.name), flag::CANARY);
+        mark(
+            b,
+            &mut std::iter::once(&c.name),
+            format!("canary {}", c.name),
+            flag::CANARY,
+        );
     }
 
     // Safe-search rewrites (exact names).
@@ -318,7 +367,11 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         let target = match normalise(&r.target) {
             Ok(t) => t,
             Err(e) => {
-                b.err("allowlists/safe-search.yaml", 0, format!("{}: {e}", r.engine));
+                b.err(
+                    "allowlists/safe-search.yaml",
+                    0,
+                    format!("{}: {e}", r.engine),
+                );
                 continue;
             }
         };
@@ -329,7 +382,11 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
                 Ok(n) => {
                     rewrites.insert(&n, idx);
                 }
-                Err(e) => b.err("allowlists/safe-search.yaml", 0, format!("{}: {e}", r.engine)),
+                Err(e) => b.err(
+                    "allowlists/safe-search.yaml",
+                    0,
+                    format!("{}: {e}", r.engine),
+                ),
             }
         }
     }
@@ -342,17 +399,30 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
         let fi = b.file(&l.file);
         for (line, e) in &l.entries {
             if !ids.insert(e.id.clone()) {
-                b.err(&l.file, *line, format!("organisation `{}` is defined twice", e.id));
+                b.err(
+                    &l.file,
+                    *line,
+                    format!("organisation `{}` is defined twice", e.id),
+                );
                 continue;
             }
             let idx = b.snap.organisations.len() as u32;
             for n in &e.networks {
                 if let Some(prev) = b.snap.org_nets.insert(n.0, idx) {
-                    let other = b.snap.organisations.get(prev as usize).map_or("?", |o| o.id.as_str()).to_owned();
-                    b.err(&l.file, *line, format!(
-                        "organisation `{}`: network {} is also claimed by `{other}`",
-                        e.id, n
-                    ));
+                    let other = b
+                        .snap
+                        .organisations
+                        .get(prev as usize)
+                        .map_or("?", |o| o.id.as_str())
+                        .to_owned();
+                    b.err(
+                        &l.file,
+                        *line,
+                        format!(
+                            "organisation `{}`: network {} is also claimed by `{other}`",
+                            e.id, n
+                        ),
+                    );
                 }
             }
             let standing = if o.revoked.iter().any(|r| *r == e.id) {
@@ -367,7 +437,10 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
                 contacts: e.contacts.clone(),
                 grace_hours: e.grace_hours,
                 standing,
-                origin: Origin { file: fi, line: *line },
+                origin: Origin {
+                    file: fi,
+                    line: *line,
+                },
             });
         }
     }
@@ -378,7 +451,9 @@ fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Ov
     let api_prefixes: HashSet<IpNet> = o.enrolments.iter().map(|e| e.prefix.0).collect();
     let removed: HashSet<IpNet> = o.unenrolled.iter().copied().collect();
     let from_files = files.iter().flat_map(|l| {
-        l.entries.iter().map(move |(line, e)| (l.file.as_str(), *line, e))
+        l.entries
+            .iter()
+            .map(move |(line, e)| (l.file.as_str(), *line, e))
     });
     let from_api = o.enrolments.iter().map(|e| (API, 0u32, e));
     let all: Vec<_> = from_files.chain(from_api).collect();
@@ -389,16 +464,26 @@ fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Ov
         }
         let Some(profile) = b.snap.profile_index(&e.profile) else {
             let known: Vec<_> = b.snap.profiles.iter().map(|p| p.name.as_str()).collect();
-            b.err(file, line, format!(
-                "enrolment {}: unknown profile `{}` (known: {})",
-                e.prefix, e.profile, known.join(", ")
-            ));
+            b.err(
+                file,
+                line,
+                format!(
+                    "enrolment {}: unknown profile `{}` (known: {})",
+                    e.prefix,
+                    e.profile,
+                    known.join(", ")
+                ),
+            );
             continue;
         };
         let fi = if from_api { api } else { b.file(file) };
         let idx = b.snap.enrolments.len() as u32;
         if b.snap.enrolled.insert(e.prefix.0, idx).is_some() {
-            b.err(file, line, format!("enrolment {} is listed twice", e.prefix));
+            b.err(
+                file,
+                line,
+                format!("enrolment {} is listed twice", e.prefix),
+            );
             continue;
         }
         b.snap.enrolments.push(Enrolment {
@@ -421,7 +506,11 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
     let push = |b: &mut Builder, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
         let idx = b.snap.infections.len() as u32;
         if b.snap.infected.insert(e.prefix.0, idx).is_some() {
-            b.err(file, line, format!("infected subscriber {} is listed twice", e.prefix));
+            b.err(
+                file,
+                line,
+                format!("infected subscriber {} is listed twice", e.prefix),
+            );
             return;
         }
         let family = b.intern(&e.family);
@@ -441,7 +530,10 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
             if api_prefixes.contains(&e.prefix.0) {
                 continue;
             }
-            if cleared.get(&e.prefix.0).is_some_and(|t| unix(&e.first_seen) <= *t) {
+            if cleared
+                .get(&e.prefix.0)
+                .is_some_and(|t| unix(&e.first_seen) <= *t)
+            {
                 continue;
             }
             push(b, fi, &l.file, *line, e);

@@ -141,9 +141,10 @@ impl Reason {
     pub fn ede(&self) -> Option<(u16, &'static str)> {
         match self {
             Reason::NotServed => Some((18, "cleanpipe: client network not served")),
-            Reason::Quarantined { .. } => {
-                Some((15, "cleanpipe: infection detected on this connection, see the cleanup page"))
-            }
+            Reason::Quarantined { .. } => Some((
+                15,
+                "cleanpipe: infection detected on this connection, see the cleanup page",
+            )),
             Reason::TrustedBlocked { global: false, .. } => {
                 Some((17, "cleanpipe: not in your trusted zone"))
             }
@@ -180,9 +181,11 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
 
     // Rows 2 and 3: infected subscribers.
     if let Some(infection) = client.infection {
-        let org = client
-            .organisation
-            .and_then(|o| snap.organisations.get(o as usize).map(|org| (o, org.standing)));
+        let org = client.organisation.and_then(|o| {
+            snap.organisations
+                .get(o as usize)
+                .map(|org| (o, org.standing))
+        });
         match org {
             Some((organisation, Standing::Good)) => {
                 return Decision::new(
@@ -200,7 +203,10 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
                 });
                 return match matched {
                     // A sinkholed probe makes the OS pop up the cleanup page.
-                    Some((_, f)) if f.flags & flag::PROBE_SINKHOLE != 0 && f.flags & flag::REMEDIATION == 0 => {
+                    Some((_, f))
+                        if f.flags & flag::PROBE_SINKHOLE != 0
+                            && f.flags & flag::REMEDIATION == 0 =>
+                    {
                         Decision::new(
                             Action::Sinkhole(Page::Cleanup),
                             Reason::Quarantined {

@@ -39,24 +39,35 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
         Action::NxDomain => "NXDOMAIN".to_owned(),
         Action::Rewrite(i) => format!(
             "CNAME to {} (safe search)",
-            snap.rewrite_targets.get(i as usize).map_or("?", |t| t.1.as_str())
+            snap.rewrite_targets
+                .get(i as usize)
+                .map_or("?", |t| t.1.as_str())
         ),
     };
     if !client.served {
         details.push(format!("client {ip} is not in clients.allow"));
     }
-    if let Some(i) = client.infection.and_then(|i| snap.infections.get(i as usize)) {
+    if let Some(i) = client
+        .infection
+        .and_then(|i| snap.infections.get(i as usize))
+    {
         details.push(format!(
             "infected: {} family {} reported by {} first seen {}{} ({})",
             i.prefix,
             snap.string(i.family),
             snap.string(i.source),
             when(i.first_seen),
-            i.ticket.as_deref().map(|t| format!(" ticket {t}")).unwrap_or_default(),
+            i.ticket
+                .as_deref()
+                .map(|t| format!(" ticket {t}"))
+                .unwrap_or_default(),
             snap.origin_text(i.origin)
         ));
     }
-    if let Some(o) = client.organisation.and_then(|o| snap.organisations.get(o as usize)) {
+    if let Some(o) = client
+        .organisation
+        .and_then(|o| snap.organisations.get(o as usize))
+    {
         details.push(format!(
             "inside organisation `{}` ({}), standing {:?}, grace {} h ({})",
             o.id,
@@ -66,8 +77,14 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             snap.origin_text(o.origin)
         ));
     }
-    if let Some(e) = client.enrolment.and_then(|e| snap.enrolments.get(e as usize)) {
-        let p = snap.profiles.get(e.profile as usize).map_or("?", |p| p.name.as_str());
+    if let Some(e) = client
+        .enrolment
+        .and_then(|e| snap.enrolments.get(e as usize))
+    {
+        let p = snap
+            .profiles
+            .get(e.profile as usize)
+            .map_or("?", |p| p.name.as_str());
         details.push(format!(
             "enrolled: {} in profile `{p}` by {} at {} ({})",
             e.prefix,
@@ -82,7 +99,11 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             snap.mode.set_by,
             snap.mode.reason,
             snap.mode.source,
-            if client.exempt { "; this client is exempt" } else { "" }
+            if client.exempt {
+                "; this client is exempt"
+            } else {
+                ""
+            }
         ));
     }
     match d.reason {
@@ -90,13 +111,17 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             details.push(format!(
                 "{} is listed by {}",
                 q.name.to_text(),
-                snap.name_sources.get(source as usize).map_or("?", |s| s.as_str())
+                snap.name_sources
+                    .get(source as usize)
+                    .map_or("?", |s| s.as_str())
             ));
         }
         Reason::TrustedBlocked { profile, .. } => details.push(format!(
             "{} is not in profile `{}`",
             q.name.to_text(),
-            snap.profiles.get(profile as usize).map_or("(missing)", |p| p.name.as_str())
+            snap.profiles
+                .get(profile as usize)
+                .map_or("(missing)", |p| p.name.as_str())
         )),
         _ => {}
     }

@@ -84,10 +84,17 @@ pub fn sources(extra: &[(&str, &str)]) -> SourceSet {
 /// Options serving every documentation range and loopback.
 pub fn options() -> CompileOptions {
     CompileOptions {
-        clients: ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "127.0.0.0/8", "::1/128"]
-            .iter()
-            .filter_map(|s| s.parse::<IpNet>().ok())
-            .collect(),
+        clients: [
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::/32",
+            "127.0.0.0/8",
+            "::1/128",
+        ]
+        .iter()
+        .filter_map(|s| s.parse::<IpNet>().ok())
+        .collect(),
         ..CompileOptions::default()
     }
 }
@@ -96,14 +103,31 @@ pub fn options() -> CompileOptions {
 pub fn infected_csv(n: usize) -> String {
     let mut s = String::with_capacity(n * 56);
     s.push_str("prefix,family,source,first_seen,ticket\n");
-    let families = ["Mirai", "Emotet", "Qakbot", "Redline", "AgentTesla", "Formbook"];
+    let families = [
+        "Mirai",
+        "Emotet",
+        "Qakbot",
+        "Redline",
+        "AgentTesla",
+        "Formbook",
+    ];
     for i in 0..n {
         let fam = families[i % families.len()];
         if i % 4 == 3 {
-            let _ = writeln!(s, "2a02:{:x}:{:x}:{:x}00::/56,{fam},feed,2026-11-20T08:00:00Z,", 0x1000 + (i >> 24), (i >> 8) & 0xffff, i & 0xff);
+            let _ = writeln!(
+                s,
+                "2a02:{:x}:{:x}:{:x}00::/56,{fam},feed,2026-11-20T08:00:00Z,",
+                0x1000 + (i >> 24),
+                (i >> 8) & 0xffff,
+                i & 0xff
+            );
         } else {
             let a = 0x0a00_0000u32 + i as u32;
-            let _ = writeln!(s, "{},{fam},feed,2026-11-20T08:00:00Z,", std::net::Ipv4Addr::from(a));
+            let _ = writeln!(
+                s,
+                "{},{fam},feed,2026-11-20T08:00:00Z,",
+                std::net::Ipv4Addr::from(a)
+            );
         }
     }
     s
@@ -116,7 +140,10 @@ pub fn enrolments_yaml(n: usize) -> String {
     for i in 0..n {
         let a = std::net::Ipv4Addr::from(0x6440_0000u32 + i as u32);
         let p = if i % 2 == 0 { "clean-pipe" } else { "kids" };
-        let _ = writeln!(s, "  - {{prefix: {a}, profile: {p}, enabled_by: portal, enabled_at: 2026-11-01T10:00:00Z}}");
+        let _ = writeln!(
+            s,
+            "  - {{prefix: {a}, profile: {p}, enabled_by: portal, enabled_at: 2026-11-01T10:00:00Z}}"
+        );
     }
     s
 }

@@ -8,11 +8,11 @@
 pub mod compile;
 pub mod decide;
 pub mod explain;
+#[doc(hidden)]
+pub mod fixture;
 pub mod names;
 pub mod prefix;
 pub mod sources;
-#[doc(hidden)]
-pub mod fixture;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -279,7 +279,10 @@ impl Snapshot {
 
     /// Index of a profile by name.
     pub fn profile_index(&self, name: &str) -> Option<u16> {
-        self.profiles.iter().position(|p| p.name == name).map(|i| i as u16)
+        self.profiles
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u16)
     }
 
     /// Number of names in the allowlists index.

@@ -91,7 +91,11 @@ impl std::fmt::Debug for QName {
 
 /// Checks and normalises a name written in a policy or allowlist file.
 pub fn normalise(name: &str) -> Result<String, String> {
-    let n = name.trim().strip_suffix('.').unwrap_or(name.trim()).to_ascii_lowercase();
+    let n = name
+        .trim()
+        .strip_suffix('.')
+        .unwrap_or(name.trim())
+        .to_ascii_lowercase();
     if n.is_empty() {
         return Err("empty name".into());
     }
@@ -107,7 +111,9 @@ pub fn normalise(name: &str) -> Result<String, String> {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
         if !ok {
-            return Err(format!("`{name}` is not a valid DNS name (label `{label}`)"));
+            return Err(format!(
+                "`{name}` is not a valid DNS name (label `{label}`)"
+            ));
         }
     }
     Ok(n)
@@ -201,7 +207,15 @@ mod tests {
     fn suffixes_walk_to_the_top_label() {
         let n = q("a.b.example.com");
         let s: Vec<_> = n.suffixes().collect();
-        assert_eq!(s, vec![&b"a.b.example.com"[..], b"b.example.com", b"example.com", b"com"]);
+        assert_eq!(
+            s,
+            vec![
+                &b"a.b.example.com"[..],
+                b"b.example.com",
+                b"example.com",
+                b"com"
+            ]
+        );
         assert_eq!(q(".").suffixes().count(), 0);
     }
 
@@ -212,8 +226,15 @@ mod tests {
         m.insert("deep.sub.example.com", 2);
         assert_eq!(m.closest(&q("example.com")).map(|x| *x.1), Some(1));
         assert_eq!(m.closest(&q("WWW.EXAMPLE.COM.")).map(|x| *x.1), Some(1));
-        assert_eq!(m.closest(&q("x.deep.sub.example.com")).map(|x| *x.1), Some(2));
-        assert_eq!(m.closest(&q("notexample.com")), None, "no partial-label match");
+        assert_eq!(
+            m.closest(&q("x.deep.sub.example.com")).map(|x| *x.1),
+            Some(2)
+        );
+        assert_eq!(
+            m.closest(&q("notexample.com")),
+            None,
+            "no partial-label match"
+        );
         assert_eq!(m.closest(&q("example.com.evil.net")), None);
         assert_eq!(m.get_exact(&q("www.example.com")), None);
         assert_eq!(m.ancestors(&q("x.deep.sub.example.com")).count(), 2);

@@ -30,11 +30,19 @@ impl<V> Default for PrefixMap<V> {
 }
 
 fn mask4(addr: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { addr & (u32::MAX << (32 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - u32::from(len)))
+    }
 }
 
 fn mask6(addr: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { addr & (u128::MAX << (128 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        addr & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, seen on dual-stack sockets) is the IPv4 client.
@@ -233,7 +241,11 @@ mod tests {
     fn insert_reports_duplicates_and_remove_works() {
         let mut m = PrefixMap::new();
         assert_eq!(m.insert(net("10.0.0.0/8"), 1), None);
-        assert_eq!(m.insert(net("10.1.0.0/8"), 2), Some(1), "same network after masking");
+        assert_eq!(
+            m.insert(net("10.1.0.0/8"), 2),
+            Some(1),
+            "same network after masking"
+        );
         assert_eq!(m.len(), 1);
         assert_eq!(m.remove(net("10.0.0.0/8")), Some(2));
         assert!(m.is_empty());

@@ -377,7 +377,9 @@ fn parse_csv_row(line: &str) -> Result<InfectedEntry, String> {
         return Err("family and source must not be empty".into());
     }
     let first_seen = DateTime::parse_from_rfc3339(first_seen)
-        .map_err(|e| format!("first_seen `{first_seen}`: {e} (use RFC 3339, e.g. 2026-11-20T08:00:00Z)"))?
+        .map_err(|e| {
+            format!("first_seen `{first_seen}`: {e} (use RFC 3339, e.g. 2026-11-20T08:00:00Z)")
+        })?
         .with_timezone(&Utc);
     Ok(InfectedEntry {
         prefix: prefix.parse()?,
@@ -613,10 +615,9 @@ impl Allowlists {
     pub fn add_file(&mut self, rel: &str, display: &str, text: &str) -> Result<(), PolicyError> {
         match rel {
             "meta.yaml" => self.meta = parse_yaml(display, text)?,
-            "categories.yaml" => {
-                self.categories
-                    .extend(parse_yaml::<CategoriesFile>(display, text)?.categories)
-            }
+            "categories.yaml" => self
+                .categories
+                .extend(parse_yaml::<CategoriesFile>(display, text)?.categories),
             "profiles.yaml" => self
                 .profiles
                 .extend(parse_yaml::<ProfilesFile>(display, text)?.profiles),
@@ -711,7 +712,11 @@ impl SourceSet {
         }
         if allowlists.is_dir() {
             for path in read_dir_sorted(allowlists)? {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_owned();
                 if path.is_dir() && name == "services" {
                     for p in read_dir_sorted(&path)? {
                         let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -739,9 +744,19 @@ mod tests {
 
     #[test]
     fn prefix_accepts_hosts_and_networks_and_rejects_host_bits() {
-        assert_eq!("192.0.2.7".parse::<Prefix>().map(|p| p.0.prefix_len()), Ok(32));
-        assert_eq!("2001:db8:12:3400::/56".parse::<Prefix>().map(|p| p.0.prefix_len()), Ok(56));
-        let e = "192.0.2.7/24".parse::<Prefix>().expect_err("host bits must be rejected");
+        assert_eq!(
+            "192.0.2.7".parse::<Prefix>().map(|p| p.0.prefix_len()),
+            Ok(32)
+        );
+        assert_eq!(
+            "2001:db8:12:3400::/56"
+                .parse::<Prefix>()
+                .map(|p| p.0.prefix_len()),
+            Ok(56)
+        );
+        let e = "192.0.2.7/24"
+            .parse::<Prefix>()
+            .expect_err("host bits must be rejected");
         assert!(e.contains("192.0.2.0/24"), "{e}");
         assert!("192.0.2.300".parse::<Prefix>().is_err());
     }
@@ -758,7 +773,10 @@ mod tests {
     fn infected_yaml_entries_know_their_lines() {
         let text = "infected:\n  - prefix: 192.0.2.1\n    family: Mirai\n    source: feed\n    first_seen: 2026-11-20T08:00:00Z\n  - prefix: 192.0.2.2\n    family: Emotet\n    source: feed\n    first_seen: 2026-11-20T08:00:00Z\n    ticket: T-1\n";
         let l = parse_infected_yaml("infected.yaml", text).expect("valid");
-        assert_eq!(l.entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 6]);
+        assert_eq!(
+            l.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![2, 6]
+        );
         assert_eq!(l.entries[1].1.ticket.as_deref(), Some("T-1"));
     }
 
@@ -767,8 +785,11 @@ mod tests {
         let text = "prefix,family,source,first_seen,ticket\n192.0.2.1,Mirai,feed,2026-11-20T08:00:00Z\n\n# comment\n192.0.2.x,Mirai,feed,2026-11-20T08:00:00Z\n192.0.2.3,Mirai,feed,yesterday\n2001:db8:1:100::/56,Qakbot,cert,2026-11-20T08:00:00Z,T-9\n";
         let errs = parse_infected_csv("infected.csv", text).expect_err("two bad lines");
         assert_eq!(errs.iter().map(|e| e.line).collect::<Vec<_>>(), vec![5, 6]);
-        let ok = parse_infected_csv("infected.csv", "192.0.2.1,Mirai,feed,2026-11-20T08:00:00Z,T-1\n")
-            .expect("valid");
+        let ok = parse_infected_csv(
+            "infected.csv",
+            "192.0.2.1,Mirai,feed,2026-11-20T08:00:00Z,T-1\n",
+        )
+        .expect("valid");
         assert_eq!(ok.entries[0].1.ticket.as_deref(), Some("T-1"));
     }
 

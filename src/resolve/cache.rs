@@ -41,7 +41,12 @@ struct Entry {
 struct ByTtl;
 
 impl Expiry<CacheKey, Arc<Entry>> for ByTtl {
-    fn expire_after_create(&self, _k: &CacheKey, v: &Arc<Entry>, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &CacheKey,
+        v: &Arc<Entry>,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(Duration::from_secs(u64::from(v.ttl)))
     }
 }

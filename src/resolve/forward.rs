@@ -51,7 +51,10 @@ impl Forward {
         let resolver = builder
             .build()
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
-        Ok(Self { resolver, upstreams })
+        Ok(Self {
+            resolver,
+            upstreams,
+        })
     }
 
     /// The upstreams, for status output.

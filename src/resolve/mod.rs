@@ -81,12 +81,20 @@ pub struct Resolver {
 
 impl Resolver {
     /// Builds the backend named by the configuration. Backend work is spawned on `runtime`.
-    pub fn from_config(config: &Config, runtime: tokio::runtime::Handle) -> Result<Self, ResolveError> {
+    pub fn from_config(
+        config: &Config,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, ResolveError> {
         let backend: Arc<dyn Backend> = match config.resolver.mode {
             ResolverMode::Recursive => Arc::new(recursive::Recursive::new(&config.resolver)?),
             ResolverMode::Forward => Arc::new(forward::Forward::new(&config.resolver)?),
         };
-        Ok(Self::new(backend, AnswerCache::new(&config.cache), runtime, config))
+        Ok(Self::new(
+            backend,
+            AnswerCache::new(&config.cache),
+            runtime,
+            config,
+        ))
     }
 
     /// Assembles a resolver from parts (tests use their own backend).

@@ -36,7 +36,9 @@ pub fn root_addresses(text: &str, file: &str) -> Result<Vec<IpAddr>, ResolveErro
         .filter_map(|r| r.data.ip_addr())
         .collect();
     if addrs.is_empty() {
-        return Err(ResolveError::Setup(format!("{file}: no root server addresses")));
+        return Err(ResolveError::Setup(format!(
+            "{file}: no root server addresses"
+        )));
     }
     Ok(addrs)
 }
@@ -50,7 +52,10 @@ impl Recursive {
                     .map_err(|e| ResolveError::Setup(format!("{}: {e}", p.display())))?,
                 p.display().to_string(),
             ),
-            None => (IANA_ROOT_HINTS.to_owned(), "<built-in root hints>".to_owned()),
+            None => (
+                IANA_ROOT_HINTS.to_owned(),
+                "<built-in root hints>".to_owned(),
+            ),
         };
         let roots = root_addresses(&text, &file)?;
         let mut options = RecursorOptions::default();

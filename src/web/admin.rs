@@ -9,10 +9,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
@@ -40,9 +42,7 @@ pub struct AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/ready", get(ready))
-        .route("/metrics", get(render_metrics))
+    let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
         .route("/v1/mode", put(set_mode).delete(clear_mode))
@@ -50,7 +50,27 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/enrolments", post(enrol).delete(unenrol))
         .route("/v1/explain", get(explain_query))
         .route("/v1/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .merge(v1)
         .with_state(state)
+}
+
+/// Who made a call (from `X-Cleanpipe-Actor`, default `admin-api`), for the audit log.
+#[derive(Clone)]
+struct Actor(String);
+
+/// Rejects `/v1/` calls without the right bearer token before any body is read.
+async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    match authorise(&s, req.headers()) {
+        Ok(actor) => {
+            req.extensions_mut().insert(Actor(actor));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Errors answered as JSON `{ "error": ... }`.
@@ -79,7 +99,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Checks the bearer token; returns the actor for the audit log.
 fn authorise(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let unauthorised = || ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+    let unauthorised = || {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        )
+    };
     let token = state.token.as_deref().ok_or_else(unauthorised)?;
     let given = headers
         .get("authorization")
@@ -105,8 +130,13 @@ async fn reload_now(store: &Arc<PolicyStore>) -> Result<u64, ApiError> {
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::state::StateError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?.map_err(internal)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::state::StateError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
 }
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
@@ -124,8 +154,7 @@ async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn status(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
-    authorise(&s, &headers)?;
+async fn status(State(s): State<AdminState>) -> ApiResult {
     let snap = s.store.snapshot();
     let now = Utc::now().timestamp();
     Ok(Json(json!({
@@ -142,8 +171,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
     })))
 }
 
-async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
-    authorise(&s, &headers)?;
+async fn reload(State(s): State<AdminState>) -> ApiResult {
     let generation = reload_now(&s.store).await?;
     Ok(Json(json!({ "generation": generation })))
 }
@@ -160,15 +188,25 @@ struct ModeBody {
     exempt: Option<Vec<Prefix>>,
 }
 
-async fn set_mode(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<ModeBody>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn set_mode(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Json(b): Json<ModeBody>,
+) -> ApiResult {
     if b.reason.trim().is_empty() {
         return Err(bad("a reason is required"));
     }
     // Keep the exemptions already in force unless new ones are given.
     let exempt = match b.exempt {
         Some(e) => e,
-        None => s.store.state().overrides().map_err(internal)?.mode.map(|m| m.exempt).unwrap_or_default(),
+        None => s
+            .store
+            .state()
+            .overrides()
+            .map_err(internal)?
+            .mode
+            .map(|m| m.exempt)
+            .unwrap_or_default(),
     };
     let m = ModeFile {
         mode: b.mode,
@@ -181,7 +219,9 @@ async fn set_mode(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json
     let st = s.store.state().clone();
     blocking(move || st.set_mode(&m, &actor)).await?;
     let generation = reload_now(&s.store).await?;
-    Ok(Json(json!({ "generation": generation, "mode": s.store.snapshot().mode })))
+    Ok(Json(
+        json!({ "generation": generation, "mode": s.store.snapshot().mode }),
+    ))
 }
 
 /// `?reason=` of delete calls.
@@ -193,13 +233,18 @@ struct ReasonQuery {
     prefix: Option<String>,
 }
 
-async fn clear_mode(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn clear_mode(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Query(q): Query<ReasonQuery>,
+) -> ApiResult {
     let st = s.store.state().clone();
     let reason = q.reason.unwrap_or_default();
     blocking(move || st.clear_mode(&actor, &reason)).await?;
     let generation = reload_now(&s.store).await?;
-    Ok(Json(json!({ "generation": generation, "mode": s.store.snapshot().mode })))
+    Ok(Json(
+        json!({ "generation": generation, "mode": s.store.snapshot().mode }),
+    ))
 }
 
 /// Body of `POST /v1/infected`.
@@ -216,8 +261,11 @@ struct FlagBody {
     first_seen: Option<DateTime<Utc>>,
 }
 
-async fn flag(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<FlagBody>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn flag(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Json(b): Json<FlagBody>,
+) -> ApiResult {
     if b.family.trim().is_empty() {
         return Err(bad("family is required"));
     }
@@ -242,8 +290,11 @@ fn query_prefix(q: &ReasonQuery) -> Result<Prefix, ApiError> {
         .map_err(bad)
 }
 
-async fn unflag(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn unflag(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Query(q): Query<ReasonQuery>,
+) -> ApiResult {
     let p = query_prefix(&q)?;
     let st = s.store.state().clone();
     let reason = q.reason.unwrap_or_default();
@@ -260,12 +311,19 @@ struct EnrolBody {
     profile: String,
 }
 
-async fn enrol(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<EnrolBody>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn enrol(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Json(b): Json<EnrolBody>,
+) -> ApiResult {
     let snap = s.store.snapshot();
     if snap.profile_index(&b.profile).is_none() {
         let known: Vec<_> = snap.profiles.iter().map(|p| p.name.as_str()).collect();
-        return Err(bad(format!("unknown profile `{}` (known: {})", b.profile, known.join(", "))));
+        return Err(bad(format!(
+            "unknown profile `{}` (known: {})",
+            b.profile,
+            known.join(", ")
+        )));
     }
     let e = EnrolmentEntry {
         prefix: b.prefix,
@@ -279,8 +337,11 @@ async fn enrol(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<En
     Ok(Json(json!({ "generation": generation })))
 }
 
-async fn unenrol(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ReasonQuery>) -> ApiResult {
-    let actor = authorise(&s, &headers)?;
+async fn unenrol(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Query(q): Query<ReasonQuery>,
+) -> ApiResult {
     let p = query_prefix(&q)?;
     let st = s.store.state().clone();
     blocking(move || st.unenrol(p.0, Utc::now().timestamp(), &actor)).await?;
@@ -297,19 +358,23 @@ struct ExplainQuery {
     qtype: Option<String>,
 }
 
-async fn explain_query(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<ExplainQuery>) -> ApiResult {
-    authorise(&s, &headers)?;
+async fn explain_query(State(s): State<AdminState>, Query(q): Query<ExplainQuery>) -> ApiResult {
     let qtype = match q.qtype.as_deref() {
         None => RecordType::A,
-        Some(t) => t.to_ascii_uppercase().parse().map_err(|_| bad(format!("unknown type `{t}`")))?,
+        Some(t) => t
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| bad(format!("unknown type `{t}`")))?,
     };
     let question = Question::new(&q.name, qtype).ok_or_else(|| bad("name too long"))?;
     let snap = s.store.snapshot();
-    Ok(Json(serde_json::to_value(explain(&snap, q.client, &question, Utc::now().timestamp())).map_err(internal)?))
+    Ok(Json(
+        serde_json::to_value(explain(&snap, q.client, &question, Utc::now().timestamp()))
+            .map_err(internal)?,
+    ))
 }
 
-async fn audit(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
-    authorise(&s, &headers)?;
+async fn audit(State(s): State<AdminState>) -> ApiResult {
     let st = s.store.state().clone();
     let rows = blocking(move || st.audit_log(200)).await?;
     Ok(Json(json!(rows

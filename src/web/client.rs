@@ -31,7 +31,8 @@ pub fn call(
 ) -> Result<(u16, String), ClientError> {
     let io = |source| ClientError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -45,20 +46,33 @@ pub fn call(
     let mut raw = Vec::new();
     s.take(16 << 20).read_to_end(&mut raw).map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or(ClientError::Malformed(addr))?;
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::Malformed(addr))?;
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or(ClientError::Malformed(addr))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((code, if chunked { dechunk(rest) } else { rest.to_owned() }))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        code,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        },
+    ))
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -47,19 +47,39 @@ fn row2_quarantine_sinkholes_everything_but_remediation() {
     for client in ["192.0.2.66", "2001:db8:66:66ff::1234"] {
         let d = a(&s, client, "random-name.example.net");
         assert_eq!(d.action, Action::Sinkhole(Page::Cleanup), "{client}");
-        assert!(matches!(d.reason, Reason::Quarantined { revoked_org: None, .. }));
+        assert!(matches!(
+            d.reason,
+            Reason::Quarantined {
+                revoked_org: None,
+                ..
+            }
+        ));
         assert_eq!(d.reason.ede().map(|e| e.0), Some(15));
         // Remediation names resolve, whole subtree, any case, trailing dot.
-        for name in ["antivirus.example", "DL.AntiVirus.Example.", "update.os.example"] {
+        for name in [
+            "antivirus.example",
+            "DL.AntiVirus.Example.",
+            "update.os.example",
+        ] {
             let d = a(&s, client, name);
-            assert_eq!(d.action, Action::Resolve, "{client} {name} must resolve for cleanup");
+            assert_eq!(
+                d.action,
+                Action::Resolve,
+                "{client} {name} must resolve for cleanup"
+            );
             assert!(matches!(d.reason, Reason::Remediation { .. }));
         }
         // A trusted service is not remediation.
-        assert_eq!(a(&s, client, "bank.example").action, Action::Sinkhole(Page::Cleanup));
+        assert_eq!(
+            a(&s, client, "bank.example").action,
+            Action::Sinkhole(Page::Cleanup)
+        );
     }
     // The IPv6 /56 covers the whole delegation but not the neighbour /56.
-    assert_eq!(a(&s, "2001:db8:66:6700::1", "x.example").action, Action::Resolve);
+    assert_eq!(
+        a(&s, "2001:db8:66:6700::1", "x.example").action,
+        Action::Resolve
+    );
 }
 
 #[test]
@@ -83,7 +103,11 @@ fn row2_infected_host_of_revoked_organisation_is_quarantined() {
     let s = snapshot();
     let d = a(&s, "198.51.100.66", "example.net");
     assert_eq!(d.action, Action::Sinkhole(Page::Cleanup));
-    let org = s.organisations.iter().position(|o| o.id == "lazy-corp").map(|i| i as u32);
+    let org = s
+        .organisations
+        .iter()
+        .position(|o| o.id == "lazy-corp")
+        .map(|i| i as u32);
     assert!(matches!(d.reason, Reason::Quarantined { revoked_org, .. } if revoked_org == org));
 }
 
@@ -91,7 +115,11 @@ fn row2_infected_host_of_revoked_organisation_is_quarantined() {
 fn row2_quarantine_wins_over_enrolment() {
     let s = snapshot();
     let d = a(&s, "192.0.2.77", "school.example");
-    assert_eq!(d.action, Action::Sinkhole(Page::Cleanup), "infected kids-profile host sees the cleanup page");
+    assert_eq!(
+        d.action,
+        Action::Sinkhole(Page::Cleanup),
+        "infected kids-profile host sees the cleanup page"
+    );
 }
 
 #[test]
@@ -108,15 +136,37 @@ fn row3_infected_host_in_good_organisation_alerts_and_resolves() {
 fn row4_enrolled_clean_pipe() {
     let s = snapshot();
     let c = "192.0.2.20";
-    for name in ["bank.example", "WWW.Bank.Example.", "login.sso.example", "school.example", "time.example", "captive.os.example"] {
+    for name in [
+        "bank.example",
+        "WWW.Bank.Example.",
+        "login.sso.example",
+        "school.example",
+        "time.example",
+        "captive.os.example",
+    ] {
         let d = a(&s, c, name);
-        assert_eq!(d.action, Action::Resolve, "{name} is in the clean-pipe zone");
-        assert!(matches!(d.reason, Reason::TrustedAllowed { global: false, .. }));
+        assert_eq!(
+            d.action,
+            Action::Resolve,
+            "{name} is in the clean-pipe zone"
+        );
+        assert!(matches!(
+            d.reason,
+            Reason::TrustedAllowed { global: false, .. }
+        ));
     }
     let d = a(&s, c, "random.example.net");
     assert_eq!(d.action, Action::NxDomain);
-    assert_eq!(d.reason.ede().map(|e| e.0), Some(17), "opted-in customers get EDE 17 Filtered");
-    assert_eq!(a(&s, c, "notbank.example").action, Action::NxDomain, "no partial-label match");
+    assert_eq!(
+        d.reason.ede().map(|e| e.0),
+        Some(17),
+        "opted-in customers get EDE 17 Filtered"
+    );
+    assert_eq!(
+        a(&s, c, "notbank.example").action,
+        Action::NxDomain,
+        "no partial-label match"
+    );
     let d = a(&s, c, "use-application-dns.net");
     assert_eq!((d.action, d.reason.label()), (Action::NxDomain, "canary"));
     // clean-pipe has no safe search: google.com resolves as itself.
@@ -128,12 +178,25 @@ fn row4_enrolled_kids_over_ipv6_get_safe_search_and_info_page() {
     let s = snapshot();
     let c = "2001:db8:20:20ab::5";
     let d = a(&s, c, "www.google.com");
-    let Action::Rewrite(t) = d.action else { panic!("kids must get safe search, got {d:?}") };
-    assert_eq!(s.rewrite_targets[t as usize].1, "forcesafesearch.google.com");
-    assert_eq!(a(&s, c, "maps.google.com").action, Action::Resolve, "rest of google.com stays allowed");
+    let Action::Rewrite(t) = d.action else {
+        panic!("kids must get safe search, got {d:?}")
+    };
+    assert_eq!(
+        s.rewrite_targets[t as usize].1,
+        "forcesafesearch.google.com"
+    );
+    assert_eq!(
+        a(&s, c, "maps.google.com").action,
+        Action::Resolve,
+        "rest of google.com stays allowed"
+    );
     assert_eq!(a(&s, c, "school.example").action, Action::Resolve);
     let d = a(&s, c, "bank.example");
-    assert_eq!(d.action, Action::Sinkhole(Page::Info), "banking is not in the kids profile");
+    assert_eq!(
+        d.action,
+        Action::Sinkhole(Page::Info),
+        "banking is not in the kids profile"
+    );
     assert_eq!(d.reason.ede().map(|e| e.0), Some(17));
 }
 
@@ -143,19 +206,41 @@ fn row4_global_trusted_only_mode() {
     let s = snapshot_with(&[("mode.yaml", mode)], &Overrides::default());
     let d = a(&s, "192.0.2.1", "random.example.net");
     assert_eq!(d.action, Action::NxDomain);
-    assert!(matches!(d.reason, Reason::TrustedBlocked { global: true, .. }));
-    assert_eq!(d.reason.ede().map(|e| e.0), Some(15), "global mode is EDE 15 Blocked");
+    assert!(matches!(
+        d.reason,
+        Reason::TrustedBlocked { global: true, .. }
+    ));
+    assert_eq!(
+        d.reason.ede().map(|e| e.0),
+        Some(15),
+        "global mode is EDE 15 Blocked"
+    );
     assert_eq!(a(&s, "192.0.2.1", "bank.example").action, Action::Resolve);
-    assert_eq!(a(&s, "2001:db8:1::1", "random.example.net").action, Action::NxDomain);
+    assert_eq!(
+        a(&s, "2001:db8:1::1", "random.example.net").action,
+        Action::NxDomain
+    );
     // Exempt infrastructure is served normally.
-    assert_eq!(a(&s, "192.0.2.250", "random.example.net").reason, Reason::Normal);
+    assert_eq!(
+        a(&s, "192.0.2.250", "random.example.net").reason,
+        Reason::Normal
+    );
     // Enrolled kids keep their stricter profile.
-    assert_eq!(a(&s, "2001:db8:20:2000::1", "bank.example").action, Action::Sinkhole(Page::Info));
+    assert_eq!(
+        a(&s, "2001:db8:20:2000::1", "bank.example").action,
+        Action::Sinkhole(Page::Info)
+    );
     // Quarantine still comes first.
-    assert_eq!(a(&s, "192.0.2.66", "bank.example").action, Action::Sinkhole(Page::Cleanup));
+    assert_eq!(
+        a(&s, "192.0.2.66", "bank.example").action,
+        Action::Sinkhole(Page::Cleanup)
+    );
     // After expiry everyone is back to normal.
     let after = 1_796_083_200 + 1; // 2026-12-01T00:00:01Z
-    assert_eq!(ask(&s, "192.0.2.1", "random.example.net", RecordType::A, after).reason, Reason::Normal);
+    assert_eq!(
+        ask(&s, "192.0.2.1", "random.example.net", RecordType::A, after).reason,
+        Reason::Normal
+    );
 }
 
 #[test]
@@ -163,7 +248,11 @@ fn row5_everyone_else_resolves_normally() {
     let s = snapshot();
     for client in ["192.0.2.1", "2001:db8:1::1", "127.0.0.1"] {
         let d = a(&s, client, "anything.example.org");
-        assert_eq!((d.action, d.reason), (Action::Resolve, Reason::Normal), "{client}");
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Resolve, Reason::Normal),
+            "{client}"
+        );
     }
 }
 
@@ -171,7 +260,8 @@ fn row5_everyone_else_resolves_normally() {
 fn admin_overrides_merge_over_files() {
     let mut o = Overrides::default();
     // Unflag a file entry (reported before the clear), flag a new one, change the mode.
-    o.cleared.push(("192.0.2.66/32".parse().expect("net"), 1_796_000_000)); // after the report
+    o.cleared
+        .push(("192.0.2.66/32".parse().expect("net"), 1_796_000_000)); // after the report
     o.infected.push(crate::policy::sources::InfectedEntry {
         prefix: "192.0.2.1".parse::<Prefix>().expect("prefix"),
         family: "Manual".into(),
@@ -188,19 +278,37 @@ fn admin_overrides_merge_over_files() {
         exempt: vec![],
     });
     let s = snapshot_with(&[], &o);
-    assert!(matches!(a(&s, "192.0.2.66", "example.net").reason, Reason::TrustedBlocked { global: true, .. }));
-    assert_eq!(a(&s, "192.0.2.1", "example.net").action, Action::Sinkhole(Page::Cleanup));
+    assert!(matches!(
+        a(&s, "192.0.2.66", "example.net").reason,
+        Reason::TrustedBlocked { global: true, .. }
+    ));
+    assert_eq!(
+        a(&s, "192.0.2.1", "example.net").action,
+        Action::Sinkhole(Page::Cleanup)
+    );
     assert_eq!(s.mode.source, "admin-api");
 }
 
 #[test]
 fn semantic_errors_name_file_and_line() {
     let bad = "enrolments:\n  - prefix: 192.0.2.30\n    profile: clean-pipe\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n  - prefix: 192.0.2.31\n    profile: kidz\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n  - prefix: 192.0.2.30\n    profile: kids\n    enabled_by: x\n    enabled_at: 2026-11-01T10:00:00Z\n";
-    let errs = compile(&fixture::sources(&[("enrolments-2.yaml", bad)]), &Overrides::default(), &fixture::options())
-        .expect_err("unknown profile and duplicate must fail");
+    let errs = compile(
+        &fixture::sources(&[("enrolments-2.yaml", bad)]),
+        &Overrides::default(),
+        &fixture::options(),
+    )
+    .expect_err("unknown profile and duplicate must fail");
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-    assert!(text.iter().any(|e| e.starts_with("enrolments-2.yaml:6:") && e.contains("kidz")), "{text:?}");
-    assert!(text.iter().any(|e| e.starts_with("enrolments-2.yaml:10:") && e.contains("twice")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("enrolments-2.yaml:6:") && e.contains("kidz")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("enrolments-2.yaml:10:") && e.contains("twice")),
+        "{text:?}"
+    );
 }
 
 #[test]
@@ -212,5 +320,8 @@ fn duplicate_owned_domain_across_services_is_rejected() {
         "services:\n  - id: bank2\n    name: B\n    category: banking\n    description: d\n    domains: [bank.example]\n".into(),
     ));
     let errs = compile(&src, &Overrides::default(), &fixture::options()).expect_err("duplicate");
-    assert!(errs.iter().any(|e| e.message.contains("bank.example")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.message.contains("bank.example")),
+        "{errs:?}"
+    );
 }

@@ -1,0 +1,6 @@
+//! Integration tests: real packets over real sockets on loopback, against the real binary.
+
+mod support;
+
+mod policy;
+mod recursion;

@@ -1,0 +1,253 @@
+//! Recursion through a private internet on loopback, forwarding, access control.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+
+use crate::support::{self, Cleanpipe, addresses, dig, ede, query, recursive_yaml};
+
+fn client() -> IpAddr {
+    "127.0.0.1".parse().expect("loopback")
+}
+
+fn recursive() -> Option<(Cleanpipe, &'static support::Internet)> {
+    let net = support::internet()?;
+    Some((Cleanpipe::start(&recursive_yaml(net), "", &[]), net))
+}
+
+#[test]
+fn referral_with_glue_answers_a_aaaa_mx_txt() {
+    let Some((cp, _)) = recursive() else { return };
+    let m = query(cp.dns, client(), "www.alpha.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&m), vec!["192.0.2.10"]);
+    assert!(m.metadata.recursion_available, "a resolver sets RA");
+    let m = query(cp.dns, client(), "www.alpha.example.", RecordType::AAAA);
+    assert_eq!(addresses(&m), vec!["2001:db8::10"]);
+    let m = query(cp.dns, client(), "alpha.example.", RecordType::MX);
+    assert!(
+        matches!(&m.answers[..], [r] if matches!(&r.data, RData::MX(mx) if mx.exchange.to_ascii() == "mail.alpha.example.")),
+        "{m:?}"
+    );
+    let d = dig(cp.dns, None, "txt.alpha.example", "TXT", &[]);
+    assert_eq!(d.status, "NOERROR");
+    assert!(
+        d.answers.iter().any(|l| l.contains("\"hello from alpha\"")),
+        "{}",
+        d.text
+    );
+}
+
+#[test]
+fn out_of_bailiwick_name_server_is_looked_up() {
+    let Some((cp, net)) = recursive() else { return };
+    let m = query(cp.dns, client(), "www.beta.example.", RecordType::A);
+    assert_eq!(addresses(&m), vec!["192.0.2.20"]);
+    assert!(
+        net.server("127.53.1.2")
+            .count("ns.beta-dns.test", RecordType::A)
+            >= 1,
+        "the NS name needed its own lookup"
+    );
+}
+
+#[test]
+fn cname_chain_across_zones() {
+    let Some((cp, _)) = recursive() else { return };
+    let m = query(cp.dns, client(), "cname.alpha.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let kinds: Vec<RecordType> = m.answers.iter().map(|r| r.record_type()).collect();
+    assert_eq!(kinds, vec![RecordType::CNAME, RecordType::A], "{m:?}");
+    assert_eq!(addresses(&m), vec!["192.0.2.20"]);
+}
+
+#[test]
+fn nxdomain_and_nodata_carry_the_soa() {
+    let Some((cp, _)) = recursive() else { return };
+    let m = query(cp.dns, client(), "missing.alpha.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(
+        m.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA),
+        "negative answers carry the SOA: {m:?}"
+    );
+    let m = query(cp.dns, client(), "nodata.alpha.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert!(
+        m.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn truncated_udp_answer_is_retried_over_tcp() {
+    let Some((cp, net)) = recursive() else { return };
+    // ~2 KB of TXT: larger than any UDP payload in play, so the authoritative server truncates
+    // and cleanpipe must retry over TCP; dig then also needs TCP to get it from cleanpipe.
+    let d = dig(cp.dns, None, "big.alpha.example", "TXT", &[]);
+    assert_eq!(d.status, "NOERROR", "{}", d.text);
+    assert_eq!(d.answers.len(), 10, "{}", d.text);
+    assert!(
+        d.text.contains("Truncated, retrying in TCP mode"),
+        "dig had to use TCP: {}",
+        d.text
+    );
+    assert!(
+        net.server("127.53.2.1")
+            .count("tcp:big.alpha.example", RecordType::TXT)
+            >= 1,
+        "cleanpipe asked over TCP"
+    );
+}
+
+#[test]
+fn lame_and_dead_delegations_servfail_in_bounded_time() {
+    let Some((cp, _)) = recursive() else { return };
+    for name in ["www.lame.example.", "www.dead.example."] {
+        let start = Instant::now();
+        let m = support::try_query(
+            cp.dns,
+            client(),
+            name,
+            RecordType::A,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{name}: cleanpipe must answer, not hang: {e}"));
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{name} took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn cached_answer_does_not_reach_the_authoritative_server_again() {
+    let Some((cp, net)) = recursive() else { return };
+    let alpha = net.server("127.53.2.1");
+    let name = "inzone.alpha.example.";
+    let t0 = Instant::now();
+    let first = query(cp.dns, client(), name, RecordType::A);
+    let cold = t0.elapsed();
+    let t1 = Instant::now();
+    let second = query(cp.dns, client(), name, RecordType::A);
+    let warm = t1.elapsed();
+    eprintln!("uncached {cold:?}, cached {warm:?}");
+    assert_eq!(addresses(&first), vec!["192.0.2.10"]);
+    assert_eq!(addresses(&second), vec!["192.0.2.10"]);
+    assert_eq!(
+        alpha.count("inzone.alpha.example", RecordType::A),
+        1,
+        "second answer must come from cache"
+    );
+    assert!(second.answers.iter().all(|r| r.ttl <= 300));
+}
+
+#[test]
+fn forward_mode_answers_from_the_upstream() {
+    let upstream = support::start_server(
+        "127.0.99.1",
+        5354,
+        vec![support::auth::Zone::parse(
+            "alpha.example.",
+            "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 192.0.2.99\n",
+        )],
+    );
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.1\n      port: 5354",
+        "",
+        &[],
+    );
+    let m = query(cp.dns, client(), "www.alpha.example.", RecordType::A);
+    assert_eq!(addresses(&m), vec!["192.0.2.99"]);
+    let m = query(cp.dns, client(), "nope.alpha.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(upstream.count("www.alpha.example", RecordType::A) >= 1);
+    let d = dig(cp.dns, None, "www.alpha.example", "A", &[]);
+    assert_eq!(d.answers.len(), 1, "{}", d.text);
+}
+
+#[test]
+fn clients_outside_allowed_networks_are_refused() {
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.2\n      port: 5354",
+        "",
+        &[],
+    );
+    // Rewrite the config to serve only 127.0.0.0/24 and restart.
+    let cfg = std::fs::read_to_string(cp.dir.join("cleanpipe.yaml")).expect("config");
+    std::fs::write(
+        cp.dir.join("cleanpipe.yaml"),
+        cfg.replace("allow: [127.0.0.0/8, \"::1/128\"]", "allow: [127.0.0.0/24]"),
+    )
+    .expect("config");
+    let mut cp = cp;
+    cp.terminate();
+    cp.spawn();
+    let d = dig(
+        cp.dns,
+        Some("127.0.5.5".parse().expect("ip")),
+        "www.example.org",
+        "A",
+        &[],
+    );
+    assert_eq!(d.status, "REFUSED", "{}", d.text);
+    assert_eq!(d.ede, Some(18), "{}", d.text);
+    let m = query(
+        cp.dns,
+        "127.0.7.7".parse().expect("ip"),
+        "www.example.org.",
+        RecordType::A,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(ede(&m), Some(18));
+}
+
+#[test]
+fn malformed_packets_do_not_stop_the_server() {
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.3\n      port: 5354",
+        "",
+        &[],
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    for garbage in [
+        &b""[..],
+        b"\x00",
+        b"\x12\x34\x01\x00\x00\x05\x00\x00",
+        &[0xffu8; 600][..],
+    ] {
+        let _ = sock.send_to(garbage, cp.dns);
+    }
+    // Still answering (policy path: a sinkhole needs no upstream).
+    let m = query(cp.dns, client(), "www.example.org.", RecordType::CAA);
+    assert!(matches!(
+        m.metadata.response_code,
+        ResponseCode::ServFail | ResponseCode::NoError | ResponseCode::NXDomain
+    ));
+    let d = dig(cp.dns, None, "example.org", "A", &["+edns=1", "+noednsneg"]);
+    assert_eq!(
+        d.status, "BADVERS",
+        "EDNS version 1 must get BADVERS: {}",
+        d.text
+    );
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.4\n      port: 5354",
+        "",
+        &[],
+    );
+    let status = cp.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", cp.log());
+    assert!(cp.log().contains("stopped"));
+}

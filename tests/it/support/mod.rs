@@ -1,0 +1,493 @@
+//! Test support: a private internet on loopback, a running `cleanpipe` binary, DNS clients.
+
+pub mod auth;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+pub use auth::{AuthServer, Behaviour, Zone};
+
+/// Root hints of the private internet.
+pub const HINTS: &str =
+    ". 3600000 NS a.root-servers.lab.\na.root-servers.lab. 3600000 A 127.53.0.1\n";
+
+const SOA: &str = "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\n";
+
+fn zones() -> Vec<(IpAddr, Vec<Zone>, Behaviour)> {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("fixture address");
+    let big: String = (0..10)
+        .map(|i| format!("big 300 IN TXT \"{}{}\"\n", i, "x".repeat(200)))
+        .collect();
+    vec![
+        (
+            ip("127.53.0.1"),
+            vec![Zone::parse(
+                ".",
+                &format!(
+                    "{SOA}\
+@ 3600 IN NS a.root-servers.lab.\n\
+a.root-servers.lab. 3600 IN A 127.53.0.1\n\
+example. 3600 IN NS ns1.nic.example.\n\
+ns1.nic.example. 3600 IN A 127.53.1.1\n\
+test. 3600 IN NS ns.nic.test.\n\
+ns.nic.test. 3600 IN A 127.53.1.2\n"
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
+        (
+            ip("127.53.1.1"),
+            vec![Zone::parse(
+                "example.",
+                &format!(
+                    "{SOA}\
+@ 3600 IN NS ns1.nic.example.\n\
+ns1.nic 3600 IN A 127.53.1.1\n\
+alpha 3600 IN NS ns1.alpha\n\
+ns1.alpha 3600 IN A 127.53.2.1\n\
+beta 3600 IN NS ns.beta-dns.test.\n\
+lame 3600 IN NS ns.lame\n\
+ns.lame 3600 IN A 127.53.2.9\n\
+dead 3600 IN NS ns.dead\n\
+ns.dead 3600 IN A 127.53.2.10\n"
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
+        (
+            ip("127.53.1.2"),
+            vec![Zone::parse(
+                "test.",
+                &format!(
+                    "{SOA}\
+@ 3600 IN NS ns.nic.test.\n\
+ns.nic 3600 IN A 127.53.1.2\n\
+ns.beta-dns 3600 IN A 127.53.2.2\n"
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
+        (
+            ip("127.53.2.1"),
+            vec![alpha_zone(&big)],
+            Behaviour::Authoritative,
+        ),
+        (
+            ip("127.53.2.2"),
+            vec![Zone::parse(
+                "beta.example.",
+                &format!(
+                    "{SOA}\
+@ 3600 IN NS ns.beta-dns.test.\n\
+www 300 IN A 192.0.2.20\n\
+www 300 IN AAAA 2001:db8::20\n"
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
+        (ip("127.53.2.9"), vec![], Behaviour::Lame),
+    ]
+}
+
+/// The `alpha.example.` zone (also used as a forwarding upstream).
+pub fn alpha_zone(big: &str) -> Zone {
+    Zone::parse(
+        "alpha.example.",
+        &format!(
+            "{SOA}\
+@ 3600 IN NS ns1\n\
+ns1 3600 IN A 127.53.2.1\n\
+www 300 IN A 192.0.2.10\n\
+www 300 IN AAAA 2001:db8::10\n\
+@ 300 IN MX 10 mail\n\
+mail 300 IN A 192.0.2.25\n\
+txt 300 IN TXT \"hello from alpha\"\n\
+cname 300 IN CNAME www.beta.example.\n\
+inzone 300 IN CNAME www\n\
+nodata 300 IN TXT \"only text here\"\n\
+{big}"
+        ),
+    )
+}
+
+/// The private internet: root, TLDs, domains, a lame server, all on port 53.
+pub struct Internet {
+    /// Servers by address.
+    pub servers: Vec<AuthServer>,
+    /// Root hints file.
+    pub hints: PathBuf,
+}
+
+impl Internet {
+    /// The server at `addr`.
+    pub fn server(&self, addr: &str) -> &AuthServer {
+        let ip: IpAddr = addr.parse().expect("address");
+        self.servers
+            .iter()
+            .find(|s| s.addr == ip)
+            .expect("fixture server exists")
+    }
+}
+
+static INTERNET: OnceLock<Result<Internet, String>> = OnceLock::new();
+
+/// Runs `f` on a background runtime that lives as long as the test binary.
+fn background() -> &'static tokio::runtime::Handle {
+    static RT: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    RT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("test runtime");
+            let _ = tx.send(rt.handle().clone());
+            rt.block_on(std::future::pending::<()>());
+        });
+        rx.recv().expect("test runtime handle")
+    })
+}
+
+/// The private internet, started once. `None` (with a printed reason) when port 53 cannot be
+/// bound here; with `CLEANPIPE_REQUIRE_PORT53=1` (set by CI, which runs as root) that panics.
+pub fn internet() -> Option<&'static Internet> {
+    let r = INTERNET.get_or_init(|| {
+        let rt = background();
+        let mut servers = Vec::new();
+        for (addr, zones, behaviour) in zones() {
+            match rt.block_on(auth::start(addr, 53, zones, behaviour)) {
+                Ok(s) => servers.push(s),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot bind {addr}:53 ({e}); binding port 53 needs root"
+                    ));
+                }
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("cleanpipe-internet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let hints = dir.join("root.hints");
+        std::fs::write(&hints, HINTS).map_err(|e| e.to_string())?;
+        Ok(Internet { servers, hints })
+    });
+    match r {
+        Ok(i) => Some(i),
+        Err(e) if std::env::var_os("CLEANPIPE_REQUIRE_PORT53").is_some() => panic!("{e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+/// Starts an extra authoritative server (e.g. a forwarding upstream on an unprivileged port).
+pub fn start_server(addr: &str, port: u16, zones: Vec<Zone>) -> AuthServer {
+    let ip: IpAddr = addr.parse().expect("address");
+    background()
+        .block_on(auth::start(ip, port, zones, Behaviour::Authoritative))
+        .unwrap_or_else(|e| panic!("cannot start test upstream on {addr}:{port}: {e}"))
+}
+
+/// A fresh loopback address for one cleanpipe instance (127.1.0.N).
+pub fn fresh_ip() -> IpAddr {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        1,
+        0,
+        NEXT.fetch_add(1, Ordering::Relaxed),
+    ))
+}
+
+/// A running `cleanpipe serve` process.
+pub struct Cleanpipe {
+    child: Option<Child>,
+    /// DNS address.
+    pub dns: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Working directory: `cleanpipe.yaml`, `policy/`, `state.sqlite`, `cleanpipe.log`.
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Admin token used by test instances.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// The repository's curated allowlists.
+pub fn repo_allowlists() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("allowlists")
+}
+
+impl Cleanpipe {
+    /// Writes `resolver_yaml` (the `resolver:` section body) and `extra_yaml` into a config in a
+    /// new temporary directory with `policy/` files, then starts the binary and waits until ready.
+    pub fn start(resolver_yaml: &str, extra_yaml: &str, policy: &[(&str, &str)]) -> Cleanpipe {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        std::fs::create_dir_all(dir.join("policy")).expect("policy dir");
+        for (name, text) in policy {
+            std::fs::write(dir.join("policy").join(name), text).expect("policy file");
+        }
+        let ip = fresh_ip();
+        let config = format!(
+            "listen:\n  dns: [\"{ip}:5300\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8, \"::1/128\"]\nresolver:\n{resolver_yaml}\npolicy:\n  dir: policy\n  allowlists: {}\n  reload_debounce_ms: 100\nadmin:\n  listen: \"{ip}:8053\"\n  token: {TOKEN}\nstate:\n  path: state.sqlite\nsinkhole:\n  ipv4: [192.0.2.1]\n  ipv6: [\"2001:db8::1\"]\n{extra_yaml}",
+            repo_allowlists().display()
+        );
+        std::fs::write(dir.join("cleanpipe.yaml"), config).expect("config");
+        let mut c = Cleanpipe {
+            child: None,
+            dns: SocketAddr::new(ip, 5300),
+            admin: SocketAddr::new(ip, 8053),
+            dir,
+            _tmp: Some(tmp),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts (or restarts) the process and waits for readiness.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("cleanpipe.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+            .args(["serve", "--config"])
+            .arg(self.dir.join("cleanpipe.yaml"))
+            .env(
+                "RUST_LOG",
+                "info,cleanpipe=debug,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cleanpipe binary starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) =
+                cleanpipe::web::client::call(self.admin, "GET", "/ready", None, None)
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("cleanpipe exited with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("cleanpipe not ready within 20 s; log:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cleanpipe did not stop within 15 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cleanpipe.log")).unwrap_or_default()
+    }
+
+    /// An admin API call with the token.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let (code, text) =
+            cleanpipe::web::client::call(self.admin, method, path, Some(TOKEN), body)
+                .expect("admin API reachable");
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Replaces a policy file the way editors do: write a temporary file, rename it over.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.dir.join("policy").join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write temp policy");
+        std::fs::rename(&tmp, self.dir.join("policy").join(name)).expect("rename policy");
+    }
+}
+
+impl Drop for Cleanpipe {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends one query over UDP from `source` (any 127/8 address) and returns the response.
+pub fn query(server: SocketAddr, source: IpAddr, name: &str, qtype: RecordType) -> Message {
+    try_query(server, source, name, qtype, Duration::from_secs(8))
+        .unwrap_or_else(|e| panic!("query {name} {qtype} to {server}: {e}"))
+}
+
+/// Like [`query`], returning the error instead of panicking.
+pub fn try_query(
+    server: SocketAddr,
+    source: IpAddr,
+    name: &str,
+    qtype: RecordType,
+    timeout: Duration,
+) -> Result<Message, String> {
+    let sock = UdpSocket::bind(SocketAddr::new(source, 0)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut m = Message::query();
+    m.metadata.id = rand_id();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).map_err(|e| e.to_string())?,
+        qtype,
+    ));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    m.set_edns(edns);
+    sock.send_to(&m.to_vec().map_err(|e| e.to_string())?, server)
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65535];
+    let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+    Message::from_vec(&buf[..n]).map_err(|e| e.to_string())
+}
+
+fn rand_id() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(7);
+    (t ^ (t >> 16)) as u16
+}
+
+/// Addresses in the answer section (A and AAAA), as text.
+pub fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .map(|ip| ip.to_string())
+        .collect()
+}
+
+/// The Extended DNS Error code of a response, if any.
+pub fn ede(m: &Message) -> Option<u16> {
+    let edns = m.edns.as_ref()?;
+    edns.options().as_ref().iter().find_map(|(code, opt)| {
+        if u16::from(*code) != 15 {
+            return None;
+        }
+        match opt {
+            hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data) if data.len() >= 2 => {
+                Some(u16::from_be_bytes([data[0], data[1]]))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Output of the real `dig` client.
+pub struct Dig {
+    /// `NOERROR`, `NXDOMAIN`...
+    pub status: String,
+    /// Answer-section lines.
+    pub answers: Vec<String>,
+    /// Extended DNS Error info code.
+    pub ede: Option<u16>,
+    /// Everything dig printed.
+    pub text: String,
+}
+
+/// Runs `dig @server -p port [-b source] name type +tries=1 +time=T [extra]`.
+pub fn dig(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    name: &str,
+    qtype: &str,
+    extra: &[&str],
+) -> Dig {
+    let mut cmd = Command::new("dig");
+    cmd.arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string()]);
+    if let Some(s) = source {
+        cmd.args(["-b", &s.to_string()]);
+    }
+    cmd.args([name, qtype, "+tries=1", "+time=8"]).args(extra);
+    let out = cmd
+        .output()
+        .expect("dig (bind9-dnsutils) must be installed: .ci/run installs it");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+        .to_owned();
+    let mut answers = Vec::new();
+    let mut in_answer = false;
+    for line in text.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            if line.trim().is_empty() {
+                in_answer = false;
+            } else {
+                answers.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+    }
+    let ede = text
+        .split("; EDE: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|c| c.parse().ok());
+    Dig {
+        status,
+        answers,
+        ede,
+        text,
+    }
+}
+
+/// The `resolver:` section for recursion through the private internet.
+pub fn recursive_yaml(internet: &Internet) -> String {
+    format!(
+        "  mode: recursive\n  root_hints: {}\n  allow_private_servers: true\n  query_timeout_secs: 1\n  resolution_timeout_secs: 4",
+        internet.hints.display()
+    )
+}
+
+/// Polls `f` every 25 ms until it returns true or `limit` passes; returns the time it took.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
