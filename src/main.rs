@@ -403,7 +403,15 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Our errors already include their cause in their message: print each cause once.
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !text.contains(&c) {
+                    text = format!("{text}: {c}");
+                }
+            }
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }

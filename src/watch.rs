@@ -43,11 +43,10 @@ pub fn watch(
 ) -> Result<PolicyWatcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
-            if !e.kind.is_access() {
+        if let Ok(e) = event
+            && !e.kind.is_access() {
                 let _ = tx.send(());
             }
-        }
     })
     .map_err(|source| WatchError {
         path: PathBuf::new(),

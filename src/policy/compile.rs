@@ -265,11 +265,10 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
             }
         }
         for id in &def.services {
-            if let Some(i) = service_index.get(id.as_str()) {
-                if !members.contains(i) {
+            if let Some(i) = service_index.get(id.as_str())
+                && !members.contains(i) {
                     members.push(*i);
                 }
-            }
         }
         let bit = 1u64 << pi;
         for &si in &members {
@@ -425,7 +424,7 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
                     );
                 }
             }
-            let standing = if o.revoked.iter().any(|r| *r == e.id) {
+            let standing = if o.revoked.contains(&e.id) {
                 Standing::Revoked
             } else {
                 e.standing

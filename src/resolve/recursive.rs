@@ -92,13 +92,18 @@ impl Backend for Recursive {
                 } else {
                     ResponseCode::NoError
                 };
-                let authorities = e
-                    .into_soa()
-                    .map(|soa| {
-                        let soa = *soa;
-                        vec![Record::from_rdata(soa.name, soa.ttl, RData::SOA(soa.data))]
-                    })
-                    .unwrap_or_default();
+                // A real negative answer carries the zone's SOA. hickory's recursor also reports
+                // "no records" when every server of a parent zone timed out; passing that on as
+                // NXDOMAIN would tell clients a name does not exist when the network is down.
+                let Some(soa) = e.into_soa() else {
+                    return Err(ResolveError::Failed {
+                        name: name.to_string(),
+                        qtype,
+                        message: "negative answer without SOA (servers unreachable?)".into(),
+                    });
+                };
+                let soa = *soa;
+                let authorities = vec![Record::from_rdata(soa.name, soa.ttl, RData::SOA(soa.data))];
                 Ok(Answer {
                     rcode,
                     answers: Vec::new(),

@@ -1,0 +1,106 @@
+//! Criterion benches of the policy core at production size: 1,000,000 infected prefixes,
+//! 100,000 enrolments and the full curated allowlist.
+//!
+//! Run: `cargo bench --bench policy`. Also prints the resident memory the compiled snapshot
+//! takes (RSS before and after compiling, from /proc/self/statm).
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hickory_proto::rr::RecordType;
+
+use cleanpipe::policy::compile::{CompileOptions, Overrides, compile};
+use cleanpipe::policy::{Question, SourceSet, Snapshot, decide, fixture};
+
+const INFECTED: usize = 1_000_000;
+const ENROLMENTS: usize = 100_000;
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn sources() -> SourceSet {
+    let allowlists = Path::new(env!("CARGO_MANIFEST_DIR")).join("allowlists");
+    let mut s = SourceSet::read(None, &allowlists).expect("allowlists readable");
+    s.policy_files.push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
+    s.policy_files.push(("enrolments.yaml".into(), fixture::enrolments_yaml(ENROLMENTS)));
+    s
+}
+
+fn options() -> CompileOptions {
+    CompileOptions {
+        clients: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+        ..CompileOptions::default()
+    }
+}
+
+fn build(src: &SourceSet) -> Snapshot {
+    compile(src, &Overrides::default(), &options()).expect("bench policy compiles")
+}
+
+fn benches(c: &mut Criterion) {
+    let src = sources();
+    let before = rss_bytes();
+    let snap = build(&src);
+    let after = rss_bytes();
+    let counts = snap.counts();
+    eprintln!(
+        "snapshot: {} infected, {} enrolments, {} allowlisted names; resident +{:.1} MiB ({:.0} B per infected+enrolment entry)",
+        counts.infected,
+        counts.enrolments,
+        counts.allowlisted_names,
+        (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
+        (after.saturating_sub(before)) as f64 / (counts.infected + counts.enrolments) as f64
+    );
+
+    // A mix of clients: infected v4, infected v6, enrolled, unknown.
+    let clients: Vec<IpAddr> = ["10.0.12.34", "2a02:1000:30:ab00::1", "100.64.1.2", "100.64.1.3", "192.0.2.1", "198.51.100.9"]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+    let names = ["www.example.org", "kbc.be", "www.google.com", "cdn.some-tracker.example.net", "windowsupdate.com", "a.b.c.d.e.f.deep.example"];
+    let questions: Vec<Question> = names.iter().map(|n| Question::new(n, RecordType::A).expect("name")).collect();
+    let views: Vec<_> = clients.iter().map(|ip| snap.classify(*ip)).collect();
+    let now = 1_795_000_000;
+
+    let mut g = c.benchmark_group("decide");
+    g.bench_function("classify+decide (mixed clients and names)", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let ip = clients[i % clients.len()];
+            let q = &questions[(i / clients.len()) % questions.len()];
+            black_box(decide(&snap, &snap.classify(black_box(ip)), q, now))
+        })
+    });
+    g.bench_function("decide only (client view cached)", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let v = &views[i % views.len()];
+            let q = &questions[(i / views.len()) % questions.len()];
+            black_box(decide(&snap, v, q, now))
+        })
+    });
+    g.bench_function("classify only (1M-prefix lookup)", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(snap.classify(black_box(clients[i % clients.len()])))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10);
+    g.bench_function("1M infected + 100k enrolments + allowlists", |b| b.iter(|| black_box(build(&src))));
+    g.finish();
+}
+
+criterion_group!(policy, benches);
+criterion_main!(policy);
