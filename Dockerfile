@@ -31,6 +31,6 @@ COPY examples/production.yaml /etc/cleanpipe/cleanpipe.yaml
 USER cleanpipe
 VOLUME ["/etc/cleanpipe", "/var/lib/cleanpipe/policy", "/var/lib/cleanpipe/state"]
 EXPOSE 53/udp 53/tcp 8053/tcp
-HEALTHCHECK --interval=10s --timeout=3s CMD ["cleanpipe", "check", "--config", "/etc/cleanpipe/cleanpipe.yaml"]
+HEALTHCHECK --interval=10s --timeout=3s CMD ["cleanpipe", "ready", "--config", "/etc/cleanpipe/cleanpipe.yaml"]
 ENTRYPOINT ["cleanpipe"]
 CMD ["serve", "--config", "/etc/cleanpipe/cleanpipe.yaml"]

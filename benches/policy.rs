@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hickory_proto::rr::RecordType;
 
 use cleanpipe::policy::compile::{CompileOptions, Overrides, compile};
-use cleanpipe::policy::{Question, SourceSet, Snapshot, decide, fixture};
+use cleanpipe::policy::{Question, Snapshot, SourceSet, decide, fixture};
 
 const INFECTED: usize = 1_000_000;
 const ENROLMENTS: usize = 100_000;
@@ -20,21 +20,32 @@ const ENROLMENTS: usize = 100_000;
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
 fn sources() -> SourceSet {
     let allowlists = Path::new(env!("CARGO_MANIFEST_DIR")).join("allowlists");
     let mut s = SourceSet::read(None, &allowlists).expect("allowlists readable");
-    s.policy_files.push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
-    s.policy_files.push(("enrolments.yaml".into(), fixture::enrolments_yaml(ENROLMENTS)));
+    s.policy_files
+        .push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
+    s.policy_files.push((
+        "enrolments.yaml".into(),
+        fixture::enrolments_yaml(ENROLMENTS),
+    ));
     s
 }
 
 fn options() -> CompileOptions {
     CompileOptions {
-        clients: vec!["0.0.0.0/0".parse().expect("net"), "::/0".parse().expect("net")],
+        clients: vec![
+            "0.0.0.0/0".parse().expect("net"),
+            "::/0".parse().expect("net"),
+        ],
         ..CompileOptions::default()
     }
 }
@@ -59,12 +70,29 @@ fn benches(c: &mut Criterion) {
     );
 
     // A mix of clients: infected v4, infected v6, enrolled, unknown.
-    let clients: Vec<IpAddr> = ["10.0.12.34", "2a02:1000:30:ab00::1", "100.64.1.2", "100.64.1.3", "192.0.2.1", "198.51.100.9"]
+    let clients: Vec<IpAddr> = [
+        "10.0.12.34",
+        "2a02:1000:30:ab00::1",
+        "100.64.1.2",
+        "100.64.1.3",
+        "192.0.2.1",
+        "198.51.100.9",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("ip"))
+    .collect();
+    let names = [
+        "www.example.org",
+        "kbc.be",
+        "www.google.com",
+        "cdn.some-tracker.example.net",
+        "windowsupdate.com",
+        "a.b.c.d.e.f.deep.example",
+    ];
+    let questions: Vec<Question> = names
         .iter()
-        .map(|s| s.parse().expect("ip"))
+        .map(|n| Question::new(n, RecordType::A).expect("name"))
         .collect();
-    let names = ["www.example.org", "kbc.be", "www.google.com", "cdn.some-tracker.example.net", "windowsupdate.com", "a.b.c.d.e.f.deep.example"];
-    let questions: Vec<Question> = names.iter().map(|n| Question::new(n, RecordType::A).expect("name")).collect();
     let views: Vec<_> = clients.iter().map(|ip| snap.classify(*ip)).collect();
     let now = 1_795_000_000;
 
@@ -94,11 +122,26 @@ fn benches(c: &mut Criterion) {
             black_box(snap.classify(black_box(clients[i % clients.len()])))
         })
     });
+    // What a moka cache in front of classify() costs on a hit (the store's per-client cache).
+    let cache: moka::sync::Cache<IpAddr, cleanpipe::policy::ClientView> =
+        moka::sync::Cache::builder().max_capacity(200_000).build();
+    for ip in &clients {
+        cache.insert(*ip, snap.classify(*ip));
+    }
+    g.bench_function("moka client-cache hit", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(cache.get(black_box(&clients[i % clients.len()])))
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("compile");
     g.sample_size(10);
-    g.bench_function("1M infected + 100k enrolments + allowlists", |b| b.iter(|| black_box(build(&src))));
+    g.bench_function("1M infected + 100k enrolments + allowlists", |b| {
+        b.iter(|| black_box(build(&src)))
+    });
     g.finish();
 }
 

@@ -56,6 +56,8 @@ enum Command {
     },
     /// Show the running service's status (admin API).
     Status(ConfigArg),
+    /// Exit 0 when the running service is ready (`GET /ready`), 1 otherwise: for health checks.
+    Ready(ConfigArg),
     /// Set or clear global trusted-only mode (admin API).
     Mode {
         #[command(flatten)]
@@ -364,6 +366,7 @@ fn main() -> ExitCode {
         Command::Explain { config, client, qname, qtype } => explain_cmd(config, *client, qname, qtype).map(|_| ExitCode::SUCCESS),
         Command::Allowlist { config, what } => allowlist(config, what).map(|_| ExitCode::SUCCESS),
         Command::Status(c) => admin_call(c, "GET", "/v1/status", None).map(|_| ExitCode::SUCCESS),
+        Command::Ready(c) => admin_call(c, "GET", "/ready", None).map(|_| ExitCode::SUCCESS),
         Command::Mode { config, what } => match what {
             ModeCmd::TrustedOnly { reason, expires } => admin_call(
                 config,

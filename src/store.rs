@@ -5,8 +5,11 @@
 //! the errors go to the log, the admin status and a metric. Queries never wait for a reload: they
 //! load the current `Arc` (lock-free) and keep using it until they are answered.
 //!
-//! The per-client lookup cache lives next to the snapshot it was computed from and is replaced
-//! with it, so a cached client view can never come from an older policy.
+//! Anything cached per snapshot lives in [`Current`], next to the snapshot it was computed from,
+//! and is replaced with it, so nothing cached can outlive its policy. There is deliberately no
+//! per-client cache in front of [`Snapshot::classify`]: measured with 1,000,000 infected
+//! prefixes (`cargo bench --bench policy`), classify costs ~17 ns while a moka cache hit costs
+//! ~110 ns, so such a cache would make every query slower.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

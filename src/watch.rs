@@ -44,9 +44,10 @@ pub fn watch(
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event
-            && !e.kind.is_access() {
-                let _ = tx.send(());
-            }
+            && !e.kind.is_access()
+        {
+            let _ = tx.send(());
+        }
     })
     .map_err(|source| WatchError {
         path: PathBuf::new(),

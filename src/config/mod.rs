@@ -575,6 +575,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_production_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/production.yaml");
+        let c = Config::from_path(&p).expect("examples/production.yaml must stay valid");
+        assert_eq!(c.listen.dns[0].port(), 53);
+        assert!(
+            c.admin.listen.is_some_and(|a| a.ip().is_loopback()),
+            "admin stays on loopback"
+        );
+    }
+
+    #[test]
     fn embedded_quickstart_parses() {
         let c = Config::embedded(Path::new(".")).expect("the shipped default must parse");
         assert_eq!(c.listen.dns[0].port(), 5300);

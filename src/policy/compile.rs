@@ -266,9 +266,10 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
         }
         for id in &def.services {
             if let Some(i) = service_index.get(id.as_str())
-                && !members.contains(i) {
-                    members.push(*i);
-                }
+                && !members.contains(i)
+            {
+                members.push(*i);
+            }
         }
         let bit = 1u64 << pi;
         for &si in &members {

@@ -266,9 +266,10 @@ fn decide_trusted(snap: &Snapshot, profile: u16, global: bool, q: &Question) -> 
         return Decision::new(Action::NxDomain, Reason::Canary { profile });
     }
     if p.is_some_and(|p| p.safe_search)
-        && let Some(t) = snap.rewrites.get_exact(&q.name) {
-            return Decision::new(Action::Rewrite(*t), Reason::SafeSearch { profile });
-        }
+        && let Some(t) = snap.rewrites.get_exact(&q.name)
+    {
+        return Decision::new(Action::Rewrite(*t), Reason::SafeSearch { profile });
+    }
     let allowed = snap
         .names
         .ancestors(&q.name)
