@@ -2,5 +2,6 @@
 
 mod support;
 
+mod allowlists;
 mod policy;
 mod recursion;
