@@ -13,6 +13,7 @@ COPY benches benches
 COPY zones zones
 COPY examples examples
 COPY allowlists allowlists
+COPY web web
 RUN cargo build --release --locked --bin cleanpipe
 
 FROM debian:bookworm-slim
@@ -30,7 +31,7 @@ COPY zones /usr/share/cleanpipe/zones
 COPY examples/production.yaml /etc/cleanpipe/cleanpipe.yaml
 USER cleanpipe
 VOLUME ["/etc/cleanpipe", "/var/lib/cleanpipe/policy", "/var/lib/cleanpipe/state"]
-EXPOSE 53/udp 53/tcp 8053/tcp
+EXPOSE 53/udp 53/tcp 80/tcp 8053/tcp
 HEALTHCHECK --interval=10s --timeout=3s CMD ["cleanpipe", "ready", "--config", "/etc/cleanpipe/cleanpipe.yaml"]
 ENTRYPOINT ["cleanpipe"]
 CMD ["serve", "--config", "/etc/cleanpipe/cleanpipe.yaml"]

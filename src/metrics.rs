@@ -23,6 +23,8 @@ pub const GENERATION: &str = "cleanpipe_policy_generation";
 pub const COMPILE_MS: &str = "cleanpipe_policy_compile_milliseconds";
 /// Entries in the serving snapshot, by `kind`.
 pub const SNAPSHOT_ENTRIES: &str = "cleanpipe_policy_entries";
+/// Self-releases accepted on the cleanup page.
+pub const SELF_RELEASES: &str = "cleanpipe_self_releases_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
 
@@ -47,6 +49,7 @@ pub fn describe() {
         "Milliseconds the last successful policy compile took"
     );
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
+    metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
 }
 

@@ -47,6 +47,17 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The cleanup page.
+    #[error("cleanup page on {addr}: {source}")]
+    Web {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The page texts.
+    #[error(transparent)]
+    Content(#[from] crate::web::content::ContentError),
     /// The policy watcher.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -114,6 +125,32 @@ pub async fn serve(
         None => None,
     };
 
+    let content = match &config.web.content_dir {
+        Some(dir) => crate::web::content::Content::from_dir(dir)?,
+        None => crate::web::content::Content::builtin()?,
+    };
+    let pages = crate::web::page::PageState::new(store.clone(), content, config.web.clone());
+    let (web_stop, _) = tokio::sync::watch::channel(false);
+    let mut web_tasks = Vec::new();
+    for &addr in &config.web.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Web { addr, source })?;
+        let app = crate::web::page::router(pages.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = web_stop.subscribe();
+        web_tasks.push(tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cleanup page stopped");
+            }
+        }));
+    }
+
     let mut dirs = vec![config.policy.allowlists.clone()];
     dirs.extend(config.policy.dir.clone());
     let watcher = crate::watch::watch(
@@ -126,6 +163,7 @@ pub async fn serve(
     tracing::info!(
         dns = ?listeners.addrs,
         admin = ?config.admin.listen,
+        web = ?config.web.listen,
         backend = resolver.kind(),
         generation = store.snapshot().generation,
         "ready"
@@ -143,6 +181,10 @@ pub async fn serve(
         .await
         .map_err(|e| ServeError::Task(e.to_string()))?;
     let _ = admin_stop.send(());
+    let _ = web_stop.send(true);
+    for t in web_tasks {
+        let _ = t.await;
+    }
     if let Some(t) = admin_task {
         let _ = t.await;
     }

@@ -39,6 +39,11 @@ const MIGRATIONS: &[&str] = &[
         exempt TEXT NOT NULL);
      CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
         actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);",
+    // 2: self-releases from the cleanup page.
+    "CREATE TABLE releases (id INTEGER PRIMARY KEY AUTOINCREMENT, prefix TEXT NOT NULL,
+        ip TEXT NOT NULL, at INTEGER NOT NULL, until INTEGER NOT NULL);
+     CREATE INDEX releases_prefix_at ON releases (prefix, at);
+     CREATE INDEX releases_until ON releases (until);",
 ];
 
 /// The state database.
@@ -210,6 +215,55 @@ impl StateDb {
         })
     }
 
+    /// Records a self-release of the infection `prefix`, requested from `ip`, if fewer than `max`
+    /// were made since `window_start`. Returns the number made in the window before this one, or
+    /// `None` when the limit is reached (nothing recorded). Check and insert are one transaction.
+    pub fn record_release(
+        &self,
+        prefix: IpNet,
+        ip: std::net::IpAddr,
+        at: i64,
+        until: i64,
+        window_start: i64,
+        max: u32,
+    ) -> Result<Option<u32>, StateError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let p = Prefix(prefix).to_string();
+            let used: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM releases WHERE prefix = ?1 AND at >= ?2",
+                params![p, window_start],
+                |r| r.get(0),
+            )?;
+            if used >= max {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO releases (prefix, ip, at, until) VALUES (?1, ?2, ?3, ?4)",
+                params![p, ip.to_string(), at, until],
+            )?;
+            Self::audit(
+                &tx,
+                &format!("subscriber {ip}"),
+                "self-release",
+                &format!("{p} until {until}"),
+            )?;
+            tx.commit()?;
+            Ok(Some(used))
+        })
+    }
+
+    /// Self-releases of `prefix` made since `window_start`.
+    pub fn releases_since(&self, prefix: IpNet, window_start: i64) -> Result<u32, StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM releases WHERE prefix = ?1 AND at >= ?2",
+                params![Prefix(prefix).to_string(), window_start],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// Every override, for merging into a snapshot.
     pub fn overrides(&self) -> Result<Overrides, StateError> {
         self.with(|c| {
@@ -249,6 +303,12 @@ impl StateDb {
             let mut st = c.prepare("SELECT prefix FROM unenrolled")?;
             for row in st.query_map([], |r| r.get::<_, String>(0))? {
                 o.unenrolled.push(prefix(&row?)?.0);
+            }
+            let now = Utc::now().timestamp();
+            let mut st = c.prepare("SELECT prefix, at, until FROM releases WHERE until > ?1 ORDER BY at")?;
+            for row in st.query_map(params![now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))? {
+                let (p, at, until) = row?;
+                o.released.push((prefix(&p)?.0, at, until));
             }
             let mode = c
                 .query_row(
@@ -360,6 +420,27 @@ mod tests {
         assert_eq!(log.len(), 3);
         assert_eq!(log[0].2, "set-mode");
         db.clear_mode("noc", "over").expect("clear");
+        // Self-releases: at most 2 in the window, the third is refused and not recorded.
+        let net: IpNet = "192.0.2.9/32".parse().expect("net");
+        let ip = "192.0.2.9".parse().expect("ip");
+        let now = Utc::now().timestamp();
+        assert_eq!(
+            db.record_release(net, ip, now, now + 3600, now - 100, 2)
+                .expect("1"),
+            Some(0)
+        );
+        assert_eq!(
+            db.record_release(net, ip, now, now + 3600, now - 100, 2)
+                .expect("2"),
+            Some(1)
+        );
+        assert_eq!(
+            db.record_release(net, ip, now, now + 3600, now - 100, 2)
+                .expect("3"),
+            None
+        );
+        assert_eq!(db.releases_since(net, now - 100).expect("count"), 2);
+        assert_eq!(db.overrides().expect("read").released.len(), 2);
         assert!(db.overrides().expect("read").mode.is_none());
     }
 }

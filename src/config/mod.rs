@@ -78,6 +78,74 @@ pub struct Config {
     /// Logging. Default: `info` for cleanpipe, warnings for hickory, human-readable text.
     #[serde(default)]
     pub log: LogConfig,
+    /// The cleanup page (walled garden). Default: 127.0.0.1:8080.
+    #[serde(default)]
+    pub web: WebConfig,
+}
+
+/// `web:` — the cleanup page that sinkholed names lead to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// HTTP listen addresses: the sinkhole addresses, port 80 in production.
+    /// Default: `["127.0.0.1:8080"]`. An empty list disables the page.
+    #[serde(default = "default_web_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// The ISP's name as shown on the pages. Default: `your internet provider`.
+    #[serde(default = "default_isp_name")]
+    pub isp_name: String,
+    /// Support web site shown on the pages (add its name to `policy.remediation_extra`).
+    #[serde(default)]
+    pub support_url: Option<String>,
+    /// Support phone number.
+    #[serde(default)]
+    pub support_phone: Option<String>,
+    /// Support e-mail address.
+    #[serde(default)]
+    pub support_email: Option<String>,
+    /// Absolute URL of the cleanup page, announced by the captive-portal API (RFC 8908).
+    /// Default: `http://<first listen address>/`.
+    #[serde(default)]
+    pub portal_url: Option<String>,
+    /// Hours a self-release ("I have cleaned my computer") lifts the quarantine. Default: 24.
+    #[serde(default = "default_release_hours")]
+    pub self_release_hours: u32,
+    /// Self-releases allowed per subscriber in 30 days; 0 disables the button. Default: 3.
+    #[serde(default = "default_release_max")]
+    pub self_release_max: u32,
+    /// Directory with `i18n/*.yaml`, `malware.yaml` and `antivirus.yaml` replacing the built-in
+    /// texts (copy `web/` from the repository to start). Default: the built-in texts.
+    #[serde(default)]
+    pub content_dir: Option<PathBuf>,
+}
+
+fn default_web_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+}
+fn default_isp_name() -> String {
+    "your internet provider".to_owned()
+}
+fn default_release_hours() -> u32 {
+    24
+}
+fn default_release_max() -> u32 {
+    3
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_web_listen(),
+            isp_name: default_isp_name(),
+            support_url: None,
+            support_phone: None,
+            support_email: None,
+            portal_url: None,
+            self_release_hours: default_release_hours(),
+            self_release_max: default_release_max(),
+            content_dir: None,
+        }
+    }
 }
 
 /// `listen:` — the DNS sockets.
@@ -469,6 +537,9 @@ impl Config {
         }
         join(&mut self.policy.allowlists);
         join(&mut self.state.path);
+        if let Some(p) = self.web.content_dir.as_mut() {
+            join(p);
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {

@@ -36,6 +36,8 @@ pub struct Overrides {
     pub mode: Option<ModeFile>,
     /// Organisations whose whitelisting was revoked at runtime (missed deadline), by id.
     pub revoked: Vec<String>,
+    /// Self-releases from the cleanup page: `(infection prefix, released at, until)`.
+    pub released: Vec<(IpNet, i64, i64)>,
 }
 
 /// Settings from the service configuration that shape the snapshot.
@@ -162,6 +164,13 @@ pub fn compile(
     compile_enrolments(&mut b, &enrolments, overrides);
     compile_infected(&mut b, &infected, overrides);
     compile_mode(&mut b, mode_file, overrides, options);
+    for (net, at, until) in &overrides.released {
+        // Keep the latest release of a prefix.
+        let newer = b.snap.released.get_exact(*net).is_none_or(|(a, _)| at > a);
+        if newer {
+            b.snap.released.insert(*net, (*at, *until));
+        }
+    }
 
     if b.errors.is_empty() {
         Ok(b.snap)

@@ -5,7 +5,7 @@
 //! | # | client | answer |
 //! |---|--------|--------|
 //! | 1 | outside `clients.allow` | REFUSED (EDE 18 Prohibited) |
-//! | 2 | infected, not inside an organisation in good standing | quarantine: remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
+//! | 2 | infected, not inside an organisation in good standing | quarantine (unless self-released after the report, until the release ends): remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
 //! | 3 | infected, inside an organisation in good standing | resolve normally, raise an alert |
 //! | 4 | enrolled in a profile, or global trusted-only mode and not exempt | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
 //! | 5 | everyone else | resolve normally |
@@ -75,6 +75,14 @@ pub enum Reason {
         /// Organisation index when the host's organisation lost its whitelisting.
         revoked_org: Option<u32>,
     },
+    /// Row 2: infected, but the subscriber released themselves from the cleanup page after
+    /// the report (a newer report quarantines again).
+    SelfReleased {
+        /// Infection index.
+        infection: u32,
+        /// Unix seconds at which the release ends.
+        until: i64,
+    },
     /// Row 2: quarantined, but the name is on the remediation list (or a `resolve` probe).
     Remediation {
         /// Infection index.
@@ -125,6 +133,7 @@ impl Reason {
         match self {
             Reason::NotServed => "not_served",
             Reason::Quarantined { .. } => "quarantined",
+            Reason::SelfReleased { .. } => "self_released",
             Reason::Remediation { .. } => "remediation",
             Reason::OrganisationAlert { .. } => "organisation_alert",
             Reason::Canary { .. } => "canary",
@@ -197,6 +206,12 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
                 );
             }
             revoked => {
+                if let Some(until) = active_release(snap, client, infection, now) {
+                    return Decision::new(
+                        Action::Resolve,
+                        Reason::SelfReleased { infection, until },
+                    );
+                }
                 let revoked_org = revoked.map(|(o, _)| o);
                 let matched = snap.names.ancestors(&q.name).find(|(_, f)| {
                     f.flags & (flag::REMEDIATION | flag::PROBE_RESOLVE | flag::PROBE_SINKHOLE) != 0
@@ -251,6 +266,19 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
 
     // Row 5.
     Decision::new(Action::Resolve, Reason::Normal)
+}
+
+/// The end of a self-release that covers this infection at `now`: made after the infection was
+/// first seen, not yet expired.
+pub fn active_release(
+    snap: &Snapshot,
+    client: &ClientView,
+    infection: u32,
+    now: i64,
+) -> Option<i64> {
+    let (at, until) = client.released?;
+    let first_seen = snap.infections.get(infection as usize)?.first_seen;
+    (at >= first_seen && now < until).then_some(until)
 }
 
 fn decide_trusted(snap: &Snapshot, profile: u16, global: bool, q: &Question) -> Decision {

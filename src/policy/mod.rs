@@ -207,6 +207,8 @@ pub struct ClientView {
     pub enrolment: Option<u32>,
     /// Exempt from global trusted-only mode.
     pub exempt: bool,
+    /// Latest self-release covering the client: `(released at, until)`, unix seconds.
+    pub released: Option<(i64, i64)>,
 }
 
 /// One immutable, validated version of the whole policy. Built by [`compile`], swapped whole.
@@ -231,6 +233,7 @@ pub struct Snapshot {
     /// Global mode.
     pub mode: ModeState,
     pub(crate) exempt: PrefixMap<()>,
+    pub(crate) released: PrefixMap<(i64, i64)>,
     /// Profile used for global trusted-only mode.
     pub global_profile: u16,
     /// Trusted-zone profiles (at most 64).
@@ -259,6 +262,7 @@ impl Snapshot {
             organisation: self.org_nets.longest_match(ip).map(|(_, i)| *i),
             enrolment: self.enrolled.longest_match(ip).map(|(_, i)| *i),
             exempt: self.exempt.contains(ip),
+            released: self.released.longest_match(ip).map(|(_, r)| *r),
         }
     }
 

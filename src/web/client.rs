@@ -2,14 +2,14 @@
 //! per connection, `Connection: close`, bounded response size and time.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// A failed admin call.
+/// A failed call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connecting, sending or receiving failed.
-    #[error("admin API at {addr}: {source}")]
+    #[error("HTTP to {addr}: {source}")]
     Io {
         /// Where.
         addr: SocketAddr,
@@ -17,11 +17,33 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The response was not HTTP.
-    #[error("admin API at {0}: malformed response")]
+    #[error("HTTP to {0}: malformed response")]
     Malformed(SocketAddr),
 }
 
-/// Sends one request; returns the status code and body.
+/// A response: status, header block (lowercased names), body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// `(name, value)` pairs, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one admin request (JSON body, bearer token); returns the status code and body.
 pub fn call(
     addr: SocketAddr,
     method: &str,
@@ -29,17 +51,48 @@ pub fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    if body.is_some_and(|b| !b.is_empty()) {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let r = request(addr, None, method, path, &headers, body.unwrap_or(""))?;
+    Ok((r.status, r.body))
+}
+
+/// Sends one request from `source` (when given) with extra headers.
+pub fn request(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpResponse, ClientError> {
     let io = |source| ClientError::Io { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
+    let mut s = match source {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?,
+        Some(src) => {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .map_err(io)?;
+            sock.bind(&SocketAddr::new(src, 0).into()).map_err(io)?;
+            sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+                .map_err(io)?;
+            sock.into()
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).map_err(io)?;
@@ -49,22 +102,29 @@ pub fn call(
     let (head, rest) = text
         .split_once("\r\n\r\n")
         .ok_or(ClientError::Malformed(addr))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or(ClientError::Malformed(addr))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        code,
-        if chunked {
-            dechunk(rest)
-        } else {
-            rest.to_owned()
-        },
-    ))
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut s: &str) -> String {

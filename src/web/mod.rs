@@ -1,4 +1,6 @@
-//! HTTP edges: the admin API (and, later, the cleanup page).
+//! HTTP edges: the admin API and the cleanup page.
 
 pub mod admin;
 pub mod client;
+pub mod content;
+pub mod page;

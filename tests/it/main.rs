@@ -3,5 +3,6 @@
 mod support;
 
 mod allowlists;
+mod page;
 mod policy;
 mod recursion;

@@ -44,7 +44,7 @@ fn clients_get_their_own_answers_and_blocks_never_reach_the_upstream() {
     );
     // Infected subscriber: sinkholed with EDE 15, A and AAAA.
     let m = query(cp.dns, ip("127.0.0.10"), "a.pol.example.", RecordType::A);
-    assert_eq!(addresses(&m), vec!["192.0.2.1"]);
+    assert_eq!(addresses(&m), vec![cp.sink()]);
     assert_eq!(ede(&m), Some(15));
     let m = query(cp.dns, ip("127.0.0.10"), "a.pol.example.", RecordType::AAAA);
     assert_eq!(addresses(&m), vec!["2001:db8::1"]);
@@ -78,7 +78,7 @@ fn policy_file_edit_changes_answers_within_one_second() {
     );
     cp.write_policy("infected.yaml", &format!("{INFECTED}  - prefix: 127.0.0.31\n    family: Emotet\n    source: cert\n    first_seen: 2026-11-21T08:00:00Z\n"));
     let took = support::within(Duration::from_secs(1), || {
-        addresses(&query(cp.dns, client, "b.pol.example.", RecordType::A)) == vec!["192.0.2.1"]
+        addresses(&query(cp.dns, client, "b.pol.example.", RecordType::A)) == vec![cp.sink()]
     });
     assert!(
         took.is_some(),
@@ -121,7 +121,7 @@ fn broken_file_keeps_the_old_policy_and_reports_the_error() {
             "c.pol.example.",
             RecordType::A
         )),
-        vec!["192.0.2.1"]
+        vec![cp.sink()]
     );
     assert!(cp.log().contains("policy reload failed"));
     let (code, metrics) =
@@ -221,7 +221,7 @@ fn admin_api_requires_the_token_and_flags_subscribers() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         addresses(&query(cp.dns, client, "f.pol.example.", RecordType::A)),
-        vec!["192.0.2.1"]
+        vec![cp.sink()]
     );
     let (code, body) = cp.admin(
         "POST",
@@ -241,7 +241,7 @@ fn admin_api_requires_the_token_and_flags_subscribers() {
     let m = query(cp.dns, ip("127.0.0.51"), "f.pol.example.", RecordType::A);
     assert_eq!(
         addresses(&m),
-        vec!["192.0.2.1"],
+        vec![cp.sink()],
         "kids profile blocks to the information page"
     );
     assert_eq!(ede(&m), Some(17));

@@ -325,3 +325,41 @@ fn duplicate_owned_domain_across_services_is_rejected() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn row2_self_release_lifts_quarantine_until_it_ends_or_a_newer_report() {
+    let mut o = Overrides::default();
+    // 192.0.2.66 was reported 2026-11-20T08:00Z (1_795_248_000) and released an hour later for a day.
+    let at = 1_795_251_600;
+    o.released
+        .push(("192.0.2.66/32".parse().expect("net"), at, at + 86_400));
+    let s = snapshot_with(&[], &o);
+    let d = ask(&s, "192.0.2.66", "example.net", RecordType::A, at + 60);
+    assert_eq!(d.action, Action::Resolve);
+    assert!(matches!(d.reason, Reason::SelfReleased { until, .. } if until == at + 86_400));
+    let d = ask(&s, "192.0.2.66", "example.net", RecordType::A, at + 86_400);
+    assert_eq!(
+        d.action,
+        Action::Sinkhole(Page::Cleanup),
+        "the release has ended"
+    );
+    // A release made before the report does not cover it.
+    let mut o = Overrides::default();
+    o.released.push((
+        "192.0.2.66/32".parse().expect("net"),
+        1_795_000_000,
+        1_796_000_000,
+    ));
+    let s = snapshot_with(&[], &o);
+    assert_eq!(
+        ask(
+            &s,
+            "192.0.2.66",
+            "example.net",
+            RecordType::A,
+            1_795_300_000
+        )
+        .action,
+        Action::Sinkhole(Page::Cleanup)
+    );
+}

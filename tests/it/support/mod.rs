@@ -214,6 +214,8 @@ pub struct Cleanpipe {
     pub dns: SocketAddr,
     /// Admin API address.
     pub admin: SocketAddr,
+    /// Cleanup page address (also the sinkhole's IPv4 address).
+    pub web: SocketAddr,
     /// Working directory: `cleanpipe.yaml`, `policy/`, `state.sqlite`, `cleanpipe.log`.
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -239,7 +241,7 @@ impl Cleanpipe {
         }
         let ip = fresh_ip();
         let config = format!(
-            "listen:\n  dns: [\"{ip}:5300\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8, \"::1/128\"]\nresolver:\n{resolver_yaml}\npolicy:\n  dir: policy\n  allowlists: {}\n  reload_debounce_ms: 100\nadmin:\n  listen: \"{ip}:8053\"\n  token: {TOKEN}\nstate:\n  path: state.sqlite\nsinkhole:\n  ipv4: [192.0.2.1]\n  ipv6: [\"2001:db8::1\"]\n{extra_yaml}",
+            "listen:\n  dns: [\"{ip}:5300\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8, \"::1/128\"]\nresolver:\n{resolver_yaml}\npolicy:\n  dir: policy\n  allowlists: {}\n  reload_debounce_ms: 100\nadmin:\n  listen: \"{ip}:8053\"\n  token: {TOKEN}\nstate:\n  path: state.sqlite\nsinkhole:\n  ipv4: [{ip}]\n  ipv6: [\"2001:db8::1\"]\nweb:\n  listen: [\"{ip}:8080\"]\n  isp_name: Example ISP\n  support_phone: \"+32 2 555 00 00\"\n  support_url: https://support.isp.example/\n  self_release_hours: 24\n  self_release_max: 2\n{extra_yaml}",
             repo_allowlists().display()
         );
         std::fs::write(dir.join("cleanpipe.yaml"), config).expect("config");
@@ -247,6 +249,7 @@ impl Cleanpipe {
             child: None,
             dns: SocketAddr::new(ip, 5300),
             admin: SocketAddr::new(ip, 8053),
+            web: SocketAddr::new(ip, 8080),
             dir,
             _tmp: Some(tmp),
         };
@@ -305,6 +308,22 @@ impl Cleanpipe {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The sinkhole IPv4 address (where the cleanup page listens), as text.
+    pub fn sink(&self) -> String {
+        self.web.ip().to_string()
+    }
+
+    /// GET a page from the cleanup page service as `source`.
+    pub fn page(
+        &self,
+        source: IpAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> cleanpipe::web::client::HttpResponse {
+        cleanpipe::web::client::request(self.web, Some(source), "GET", path, headers, "")
+            .expect("cleanup page reachable")
     }
 
     /// The process log so far.
