@@ -9,7 +9,8 @@
 //! - [`policy`]: the pure decision core: sources → snapshot → `decide()`.
 //! - [`store`]: the current snapshot, reloads (read → compile → swap, or keep the old one).
 //! - [`watch`]: file watcher that triggers reloads.
-//! - [`state`]: durable runtime state (admin changes) in SQLite.
+//! - [`state`]: durable runtime state (admin changes, self-releases, detections) in SQLite.
+//! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
 //! - [`dns`]: the DNS front end: identify client → decide → resolve or synthesize → respond.
 //! - [`web`]: the admin HTTP API.
@@ -17,6 +18,7 @@
 //! - [`server`]: wires everything together for `cleanpipe serve`.
 
 pub mod config;
+pub mod detect;
 pub mod dns;
 pub mod metrics;
 pub mod policy;

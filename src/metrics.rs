@@ -25,6 +25,10 @@ pub const COMPILE_MS: &str = "cleanpipe_policy_compile_milliseconds";
 pub const SNAPSHOT_ENTRIES: &str = "cleanpipe_policy_entries";
 /// Self-releases accepted on the cleanup page.
 pub const SELF_RELEASES: &str = "cleanpipe_self_releases_total";
+/// Matches of log-only feeds (answers unchanged).
+pub const FEED_LOG_ONLY: &str = "cleanpipe_feed_log_only_matches_total";
+/// Botnet-feed lookups that flagged a subscriber infected.
+pub const DETECTIONS: &str = "cleanpipe_botnet_detections_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
 
@@ -50,6 +54,11 @@ pub fn describe() {
     );
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
+    metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
+    metrics::describe_counter!(
+        DETECTIONS,
+        "Botnet-feed lookups that flagged a subscriber infected"
+    );
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
 }
 

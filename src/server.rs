@@ -90,7 +90,13 @@ pub async fn serve(
         &config,
         tokio::runtime::Handle::current(),
     )?);
-    let handler = DnsHandler::new(store.clone(), resolver.clone());
+    let mut handler = DnsHandler::new(store.clone(), resolver.clone());
+    if config.feeds.iter().any(|f| f.botnet) {
+        handler = handler.with_detector(crate::detect::Detector::spawn(
+            store.clone(),
+            &config.detection,
+        ));
+    }
     let inflight = handler.inflight();
     let listeners = Listeners::start(&config.listen, handler)?;
 
@@ -153,6 +159,13 @@ pub async fn serve(
 
     let mut dirs = vec![config.policy.allowlists.clone()];
     dirs.extend(config.policy.dir.clone());
+    for f in &config.feeds {
+        if let Some(parent) = f.file.as_ref().and_then(|p| p.parent()) {
+            if !dirs.iter().any(|d| d == parent) {
+                dirs.push(parent.to_owned());
+            }
+        }
+    }
     let watcher = crate::watch::watch(
         store.clone(),
         &dirs,

@@ -44,6 +44,11 @@ const MIGRATIONS: &[&str] = &[
         ip TEXT NOT NULL, at INTEGER NOT NULL, until INTEGER NOT NULL);
      CREATE INDEX releases_prefix_at ON releases (prefix, at);
      CREATE INDEX releases_until ON releases (until);",
+    // 3: evidence of botnet-feed lookups.
+    "CREATE TABLE detections (id INTEGER PRIMARY KEY AUTOINCREMENT, prefix TEXT NOT NULL,
+        ip TEXT NOT NULL, feed TEXT NOT NULL, family TEXT NOT NULL, qname TEXT NOT NULL,
+        at INTEGER NOT NULL);
+     CREATE INDEX detections_prefix ON detections (prefix, at);",
 ];
 
 /// The state database.
@@ -250,6 +255,38 @@ impl StateDb {
             )?;
             tx.commit()?;
             Ok(Some(used))
+        })
+    }
+
+    /// Records a botnet-feed lookup as evidence and flags the prefix infected (one transaction).
+    pub fn record_detection(&self, d: &crate::detect::Detection) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let p = Prefix(d.prefix).to_string();
+            tx.execute(
+                "INSERT INTO detections (prefix, ip, feed, family, qname, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![p, d.ip.to_string(), d.feed, d.family, d.qname, d.at],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket) VALUES (?1, ?2, ?3, ?4, NULL)",
+                params![p, d.family, format!("botnet-lookup:{}", d.feed), d.at],
+            )?;
+            tx.execute("DELETE FROM cleared WHERE prefix = ?1", params![p])?;
+            Self::audit(&tx, &format!("feed {}", d.feed), "detect", &format!("{p} looked up {} ({})", d.qname, d.family))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Evidence recorded for a prefix: `(ip, feed, family, qname, at)`, newest first.
+    pub fn detections(
+        &self,
+        prefix: IpNet,
+    ) -> Result<Vec<(String, String, String, String, i64)>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT ip, feed, family, qname, at FROM detections WHERE prefix = ?1 ORDER BY id DESC")?;
+            let rows = st.query_map(params![Prefix(prefix).to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

@@ -19,9 +19,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::config::Config;
+use std::collections::HashMap;
+
+use crate::config::{Config, FeedAction, FeedConfig};
 use crate::policy::compile::CompileOptions;
+use crate::policy::rpz::{self, RpzZone};
 use crate::policy::{ClientView, Counts, PolicyError, Snapshot, SourceSet, compile};
+use crate::policy::{Feed, FeedPolicy};
 use crate::state::StateDb;
 
 /// Why a reload did not produce a new snapshot.
@@ -99,6 +103,34 @@ pub struct PolicyStore {
     state: Arc<StateDb>,
     status: Mutex<ReloadStatus>,
     reload_lock: Mutex<()>,
+    feeds: Vec<FeedConfig>,
+    /// Compiled file feeds by name, with the file's identity when parsed: a reload reparses
+    /// only feeds whose file changed.
+    feed_cache: Mutex<HashMap<String, (FileStamp, Arc<RpzZone>)>>,
+    /// Latest good copy of each transferred feed.
+    transferred: Mutex<HashMap<String, Arc<RpzZone>>>,
+}
+
+/// Identity of a file's content as far as the file system tells: size, mtime, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(u64, i64, i64, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp(m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
+
+fn feed_policy(a: FeedAction) -> FeedPolicy {
+    match a {
+        FeedAction::Given => FeedPolicy::Given,
+        FeedAction::Nxdomain => FeedPolicy::NxDomain,
+        FeedAction::Nodata => FeedPolicy::NoData,
+        FeedAction::Passthru => FeedPolicy::Passthru,
+        FeedAction::Drop => FeedPolicy::Drop,
+        FeedAction::TcpOnly => FeedPolicy::TcpOnly,
+        FeedAction::CleanupPage => FeedPolicy::CleanupPage,
+    }
 }
 
 impl PolicyStore {
@@ -134,6 +166,9 @@ impl PolicyStore {
             state,
             status: Mutex::new(ReloadStatus::default()),
             reload_lock: Mutex::new(()),
+            feeds: config.feeds.clone(),
+            feed_cache: Mutex::new(HashMap::new()),
+            transferred: Mutex::new(HashMap::new()),
         };
         store.reload()?;
         Ok(store)
@@ -164,8 +199,9 @@ impl PolicyStore {
 
     /// Compiles the sources without swapping (for `check`).
     pub fn build(&self, generation: u64) -> Result<Snapshot, ReloadError> {
-        let sources = SourceSet::read(self.policy_dir.as_deref(), &self.allowlists)
+        let mut sources = SourceSet::read(self.policy_dir.as_deref(), &self.allowlists)
             .map_err(|e| ReloadError::Read(e.to_string()))?;
+        sources.feeds = self.load_feeds()?;
         let overrides = self
             .state
             .overrides()
@@ -175,6 +211,91 @@ impl PolicyStore {
             ..self.options.clone()
         };
         compile(&sources, &overrides, &options).map_err(ReloadError::Invalid)
+    }
+
+    /// Stores a freshly transferred copy of a feed (the caller then reloads).
+    pub fn set_transferred(&self, feed: &str, zone: Arc<RpzZone>) {
+        self.transferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(feed.to_owned(), zone);
+    }
+
+    /// The transferred copy of a feed, if any.
+    pub fn transferred(&self, feed: &str) -> Option<Arc<RpzZone>> {
+        self.transferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(feed)
+            .cloned()
+    }
+
+    /// The configured feeds.
+    pub fn feed_configs(&self) -> &[FeedConfig] {
+        &self.feeds
+    }
+
+    /// Every feed, compiled: file feeds reparsed only when their file changed.
+    fn load_feeds(&self) -> Result<Vec<Feed>, ReloadError> {
+        let mut out = Vec::with_capacity(self.feeds.len());
+        let mut errors = Vec::new();
+        for f in &self.feeds {
+            let (zone, source) = if let Some(path) = &f.file {
+                let display = path.display().to_string();
+                let st = stamp(path);
+                let cached = self
+                    .feed_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&f.name)
+                    .filter(|(s, _)| Some(*s) == st)
+                    .map(|(_, z)| z.clone());
+                let zone = match cached {
+                    Some(z) => z,
+                    None => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| ReloadError::Read(format!("{display}: {e}")))?;
+                        match rpz::parse(&display, &text, f.zone.as_deref()) {
+                            Ok(z) => {
+                                let z = Arc::new(z);
+                                if let Some(st) = st {
+                                    self.feed_cache
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .insert(f.name.clone(), (st, z.clone()));
+                                }
+                                z
+                            }
+                            Err(errs) => {
+                                errors.extend(errs);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                (zone, display)
+            } else {
+                let zone = self.transferred(&f.name).unwrap_or_else(|| {
+                    Arc::new(RpzZone::empty(f.zone.as_deref().unwrap_or_default()))
+                });
+                let primary = f.primary.map(|p| p.to_string()).unwrap_or_default();
+                (zone, format!("transfer from {primary}"))
+            };
+            out.push(Feed {
+                name: f.name.clone(),
+                source,
+                zone,
+                policy: feed_policy(f.action),
+                log_only: f.log_only,
+                botnet: f.botnet,
+                family: f.family.clone().unwrap_or_else(|| f.name.clone()),
+            });
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(ReloadError::Invalid(errors))
+        }
     }
 
     /// Reads, compiles and swaps; on failure keeps the serving snapshot. Blocking: call from a

@@ -81,6 +81,115 @@ pub struct Config {
     /// The cleanup page (walled garden). Default: 127.0.0.1:8080.
     #[serde(default)]
     pub web: WebConfig,
+    /// Threat feeds (Response Policy Zones), evaluated in this order; the first match wins.
+    /// Default: none.
+    #[serde(default)]
+    pub feeds: Vec<FeedConfig>,
+    /// Automatic detection of infected subscribers from botnet feeds.
+    #[serde(default)]
+    pub detection: DetectionConfig,
+}
+
+/// What a feed's matches do, overriding the zone's own actions (as BIND's `policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedAction {
+    /// The action written in the zone (default).
+    #[default]
+    Given,
+    /// NXDOMAIN for every trigger.
+    Nxdomain,
+    /// NODATA for every trigger.
+    Nodata,
+    /// No rewriting (the feed only exempts names from later feeds).
+    Passthru,
+    /// No answer.
+    Drop,
+    /// TC=1 over UDP.
+    TcpOnly,
+    /// The cleanup page's addresses.
+    CleanupPage,
+}
+
+/// A TSIG key for zone transfers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigConfig {
+    /// Key name, as the primary knows it.
+    pub name: String,
+    /// `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// Base64 secret.
+    pub secret: String,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".to_owned()
+}
+
+/// One threat feed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Short name, shown in the Extended DNS Error, `explain` and metrics.
+    pub name: String,
+    /// An RPZ zone file (e.g. in `zones/`). Reloaded when it changes.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Or: the primary server to transfer the zone from (AXFR, then IXFR on refresh and NOTIFY).
+    #[serde(default)]
+    pub primary: Option<SocketAddr>,
+    /// The zone's name. Required with `primary`; for files, default: the file's `$ORIGIN`/SOA.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// TSIG key for transfers.
+    #[serde(default)]
+    pub tsig: Option<TsigConfig>,
+    /// Override of the zone's actions. Default: `given`.
+    #[serde(default)]
+    pub action: FeedAction,
+    /// Log and count matches but change no answer. Default: false.
+    #[serde(default)]
+    pub log_only: bool,
+    /// The feed lists botnet signatures: a subscriber who looks one up is flagged infected
+    /// (or, inside a whitelisted organisation, raises an alert). Default: false.
+    #[serde(default)]
+    pub botnet: bool,
+    /// Family recorded for botnet detections when the zone names none. Default: the feed name.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// Seconds between SOA checks of a transferred zone. Default: the SOA's refresh, at most 3600.
+    #[serde(default)]
+    pub refresh_secs: Option<u64>,
+}
+
+/// `detection:` — flagging subscribers from botnet-feed lookups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// A host is flagged at most once per this many seconds (evidence is still counted). Default: 3600.
+    #[serde(default = "default_debounce_secs")]
+    pub debounce_secs: u64,
+    /// Prefix length flagged for an IPv6 client (its delegation). Default: 56.
+    #[serde(default = "default_v6_len")]
+    pub ipv6_prefix_len: u8,
+}
+
+fn default_debounce_secs() -> u64 {
+    3600
+}
+fn default_v6_len() -> u8 {
+    56
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        Self {
+            debounce_secs: default_debounce_secs(),
+            ipv6_prefix_len: default_v6_len(),
+        }
+    }
 }
 
 /// `web:` — the cleanup page that sinkholed names lead to.
@@ -540,6 +649,11 @@ impl Config {
         if let Some(p) = self.web.content_dir.as_mut() {
             join(p);
         }
+        for f in &mut self.feeds {
+            if let Some(p) = f.file.as_mut() {
+                join(p);
+            }
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -565,6 +679,45 @@ impl Config {
                 "cache.min_ttl ({}) is above cache.max_ttl ({})",
                 self.cache.min_ttl, self.cache.max_ttl
             )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, f) in self.feeds.iter().enumerate() {
+            if !names.insert(f.name.as_str()) {
+                return Err(invalid(format!(
+                    "feeds[{i}].name: `{}` is used twice",
+                    f.name
+                )));
+            }
+            match (&f.file, &f.primary) {
+                (Some(_), None) => {}
+                (None, Some(_)) if f.zone.is_some() => {}
+                (None, Some(_)) => {
+                    return Err(invalid(format!(
+                        "feeds[{i}] `{}`: `zone` is required with `primary`",
+                        f.name
+                    )));
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "feeds[{i}] `{}`: give exactly one of `file` or `primary`",
+                        f.name
+                    )));
+                }
+            }
+            if let Some(t) = &f.tsig {
+                if !matches!(
+                    t.algorithm.as_str(),
+                    "hmac-sha256" | "hmac-sha384" | "hmac-sha512"
+                ) {
+                    return Err(invalid(format!(
+                        "feeds[{i}].tsig.algorithm: `{}` is not supported",
+                        t.algorithm
+                    )));
+                }
+            }
+        }
+        if self.detection.ipv6_prefix_len > 128 {
+            return Err(invalid("detection.ipv6_prefix_len: at most 128".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(

@@ -8,18 +8,20 @@
 
 pub mod listen;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
+use crate::policy::rpz::LocalRecord;
 use crate::policy::{Action, Page, QName, Question, Reason, decide};
 use crate::resolve::{Answer, Resolver};
 use crate::store::PolicyStore;
@@ -35,6 +37,7 @@ pub struct DnsHandler {
     store: Arc<PolicyStore>,
     resolver: Arc<Resolver>,
     inflight: Arc<AtomicUsize>,
+    detector: Option<crate::detect::Detector>,
 }
 
 /// A response before encoding.
@@ -42,7 +45,11 @@ struct Reply {
     rcode: ResponseCode,
     answers: Vec<Record>,
     authorities: Vec<Record>,
-    ede: Option<(u16, &'static str)>,
+    ede: Option<(u16, Cow<'static, str>)>,
+    /// Send nothing (RPZ DROP).
+    drop: bool,
+    /// Set TC (RPZ TCP-only over UDP).
+    truncated: bool,
 }
 
 impl Reply {
@@ -52,15 +59,22 @@ impl Reply {
             answers: Vec::new(),
             authorities: Vec::new(),
             ede: None,
+            drop: false,
+            truncated: false,
+        }
+    }
+
+    fn records(rcode: ResponseCode, answers: Vec<Record>) -> Self {
+        Self {
+            answers,
+            ..Self::error(rcode)
         }
     }
 
     fn from_answer(a: Answer) -> Self {
         Self {
-            rcode: a.rcode,
-            answers: a.answers,
             authorities: a.authorities,
-            ede: None,
+            ..Self::records(a.rcode, a.answers)
         }
     }
 }
@@ -81,7 +95,14 @@ impl DnsHandler {
             store,
             resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
+            detector: None,
         }
+    }
+
+    /// Flags subscribers who look up botnet-feed names.
+    pub fn with_detector(mut self, d: crate::detect::Detector) -> Self {
+        self.detector = Some(d);
+        self
     }
 
     /// Requests being answered right now (graceful shutdown waits for 0).
@@ -125,23 +146,66 @@ impl DnsHandler {
             "reason" => decision.reason.label()
         )
         .increment(1);
-        let ede = decision.reason.ede();
+        let ede = decision.reason.ede_for(snap);
+        if let Some(i) = decision.logged {
+            if let Some(f) = snap.feeds.get(i as usize) {
+                metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
+                tracing::info!(feed = %f.name, client = %request.src().ip(), name = %question.name.to_text(), "log-only feed matched");
+            }
+        }
+        if let Reason::ThreatFeed { feed, rule, .. } = decision.reason {
+            if let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector) {
+                if f.botnet {
+                    detector.report(
+                        request.src().ip(),
+                        &client,
+                        &f.name,
+                        f.family_of(&rule),
+                        &question.name.to_text(),
+                    );
+                }
+            }
+        }
 
         let mut reply = match decision.action {
             Action::Refuse => Reply::error(ResponseCode::Refused),
             Action::NxDomain => Reply::error(ResponseCode::NXDomain),
+            Action::NoData => Reply::error(ResponseCode::NoError),
+            Action::Drop => Reply {
+                drop: true,
+                ..Reply::error(ResponseCode::NoError)
+            },
+            Action::TcpOnly if request.protocol() == hickory_server::net::xfer::Protocol::Udp => {
+                Reply {
+                    truncated: true,
+                    ..Reply::error(ResponseCode::NoError)
+                }
+            }
+            Action::TcpOnly => {
+                drop(current);
+                Reply::from_answer(self.resolver.resolve(&name, qtype).await)
+            }
+            Action::LocalData { feed, data } => {
+                let local = snap
+                    .feeds
+                    .get(feed as usize)
+                    .and_then(|f| f.zone.local.get(data as usize))
+                    .cloned()
+                    .unwrap_or_default();
+                let ttl = snap.sinkhole.ttl;
+                drop(current);
+                self.local_data(&name, qtype, &local, ttl).await
+            }
             Action::Sinkhole(page) => {
                 let sh = &snap.sinkhole;
                 let (v4, v6) = match page {
                     Page::Cleanup => (&sh.v4, &sh.v6),
                     Page::Info => (&sh.info_v4, &sh.info_v6),
                 };
-                Reply {
-                    rcode: ResponseCode::NoError,
-                    answers: synthesize(&name, qtype, v4, v6, sh.ttl),
-                    authorities: Vec::new(),
-                    ede: None,
-                }
+                Reply::records(
+                    ResponseCode::NoError,
+                    synthesize(&name, qtype, v4, v6, sh.ttl),
+                )
             }
             Action::Rewrite(i) => {
                 let target = snap
@@ -160,20 +224,14 @@ impl DnsHandler {
                         )];
                         answers.extend(resolved.answers);
                         Reply {
-                            rcode: resolved.rcode,
-                            answers,
                             authorities: resolved.authorities,
-                            ede: None,
+                            ..Reply::records(resolved.rcode, answers)
                         }
                     }
                     None => Reply::error(ResponseCode::ServFail),
                 }
             }
             Action::Resolve | Action::Alert => {
-                if let Reason::OrganisationAlert { .. } = decision.reason {
-                    // Delivery of organisation alerts is the alerting module's job; the decision
-                    // is counted above.
-                }
                 drop(current);
                 Reply::from_answer(self.resolver.resolve(&name, qtype).await)
             }
@@ -183,8 +241,57 @@ impl DnsHandler {
     }
 }
 
+impl DnsHandler {
+    /// An answer from RPZ local data: records of the asked type, or a CNAME (followed).
+    async fn local_data(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        local: &[LocalRecord],
+        ttl: u32,
+    ) -> Reply {
+        let mut answers = Vec::new();
+        for r in local {
+            let rdata = match (r, qtype) {
+                (LocalRecord::A(a), RecordType::A) => RData::A(A(*a)),
+                (LocalRecord::Aaaa(a), RecordType::AAAA) => RData::AAAA(AAAA(*a)),
+                (LocalRecord::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.to_string()])),
+                _ => continue,
+            };
+            answers.push(Record::from_rdata(name.clone(), ttl, rdata));
+        }
+        if !answers.is_empty() {
+            return Reply::records(ResponseCode::NoError, answers);
+        }
+        let cname = local.iter().find_map(|r| match r {
+            LocalRecord::Cname(t) => Name::from_ascii(format!("{t}.")).ok(),
+            _ => None,
+        });
+        match cname {
+            Some(target) => {
+                let resolved = self.resolver.resolve(&target, qtype).await;
+                let mut answers = vec![Record::from_rdata(
+                    name.clone(),
+                    ttl,
+                    RData::CNAME(CNAME(target)),
+                )];
+                answers.extend(resolved.answers);
+                Reply {
+                    authorities: resolved.authorities,
+                    ..Reply::records(resolved.rcode, answers)
+                }
+            }
+            None => Reply::error(ResponseCode::NoError),
+        }
+    }
+}
+
 fn action_label(a: Action) -> &'static str {
     match a {
+        Action::NoData => "nodata",
+        Action::Drop => "drop",
+        Action::TcpOnly => "tcp_only",
+        Action::LocalData { .. } => "local_data",
         Action::Refuse => "refuse",
         Action::Resolve => "resolve",
         Action::Alert => "alert",
@@ -250,7 +357,17 @@ impl RequestHandler for DnsHandler {
             self.answer(request).await
         };
 
-        if let (Some(e), Some((code, text))) = (edns.as_mut(), reply.ede) {
+        if reply.drop {
+            // RPZ DROP: no answer at all; the client times out.
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::NoError;
+            return hickory_proto::op::Header {
+                metadata,
+                counts: hickory_proto::op::HeaderCounts::default(),
+            }
+            .into();
+        }
+        if let (Some(e), Some((code, text))) = (edns.as_mut(), reply.ede.as_ref()) {
             let mut data = code.to_be_bytes().to_vec();
             data.extend_from_slice(text.as_bytes());
             e.options_mut()
@@ -259,6 +376,7 @@ impl RequestHandler for DnsHandler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
         metadata.response_code = reply.rcode;
+        metadata.truncation = reply.truncated;
         let mut builder = MessageResponseBuilder::from_message_request(request);
         if let Some(e) = edns.as_ref() {
             builder.edns(e);

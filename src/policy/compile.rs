@@ -164,6 +164,7 @@ pub fn compile(
     compile_enrolments(&mut b, &enrolments, overrides);
     compile_infected(&mut b, &infected, overrides);
     compile_mode(&mut b, mode_file, overrides, options);
+    b.snap.feeds = sources.feeds.clone();
     for (net, at, until) in &overrides.released {
         // Keep the latest release of a prefix.
         let newer = b.snap.released.get_exact(*net).is_none_or(|(a, _)| at > a);

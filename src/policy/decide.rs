@@ -5,6 +5,7 @@
 //! | # | client | answer |
 //! |---|--------|--------|
 //! | 1 | outside `clients.allow` | REFUSED (EDE 18 Prohibited) |
+//! | 1b | anyone, when a threat feed (RPZ) matches the name or the client | the feed's action (NXDOMAIN, NODATA, DROP, TCP-only, local data), EDE 15 with the feed's name; PASSTHRU ends feed processing |
 //! | 2 | infected, not inside an organisation in good standing | quarantine (unless self-released after the report, until the release ends): remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
 //! | 3 | infected, inside an organisation in good standing | resolve normally, raise an alert |
 //! | 4 | enrolled in a profile, or global trusted-only mode and not exempt | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
@@ -16,7 +17,10 @@
 
 use hickory_proto::rr::RecordType;
 
-use super::{Blocked, ClientView, QName, Snapshot, Standing, flag};
+use std::borrow::Cow;
+
+use super::rpz::{RpzAction, Trigger};
+use super::{Blocked, ClientView, FeedPolicy, QName, Snapshot, Standing, flag};
 
 /// The question being decided.
 #[derive(Debug, Clone)]
@@ -61,6 +65,19 @@ pub enum Action {
     NxDomain,
     /// Answer a CNAME to `Snapshot::rewrite_targets[i]` and resolve the target.
     Rewrite(u16),
+    /// Answer NOERROR with no records.
+    NoData,
+    /// Send no answer at all.
+    Drop,
+    /// Over UDP, answer with TC=1 (the client retries over TCP); over TCP, resolve normally.
+    TcpOnly,
+    /// Answer with a feed's local data.
+    LocalData {
+        /// Feed index.
+        feed: u16,
+        /// Index into the feed zone's local data.
+        data: u32,
+    },
 }
 
 /// Why: the rule that applied, with indexes into the snapshot for `explain` and records.
@@ -68,6 +85,15 @@ pub enum Action {
 pub enum Reason {
     /// Row 1: client not in `clients.allow`.
     NotServed,
+    /// Row 1b: a threat feed matched.
+    ThreatFeed {
+        /// Feed index.
+        feed: u16,
+        /// What matched.
+        trigger: Trigger,
+        /// The rule (line, family).
+        rule: super::rpz::Rule,
+    },
     /// Row 2: quarantined; the name is not reachable.
     Quarantined {
         /// Infection index.
@@ -132,6 +158,7 @@ impl Reason {
     pub fn label(&self) -> &'static str {
         match self {
             Reason::NotServed => "not_served",
+            Reason::ThreatFeed { .. } => "threat_feed",
             Reason::Quarantined { .. } => "quarantined",
             Reason::SelfReleased { .. } => "self_released",
             Reason::Remediation { .. } => "remediation",
@@ -150,6 +177,7 @@ impl Reason {
     pub fn ede(&self) -> Option<(u16, &'static str)> {
         match self {
             Reason::NotServed => Some((18, "cleanpipe: client network not served")),
+            Reason::ThreatFeed { .. } => Some((15, "cleanpipe: blocked by a threat feed")),
             Reason::Quarantined { .. } => Some((
                 15,
                 "cleanpipe: infection detected on this connection, see the cleanup page",
@@ -166,6 +194,21 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The Extended DNS Error with the feed's name where one matched.
+    pub fn ede_for(&self, snap: &Snapshot) -> Option<(u16, Cow<'static, str>)> {
+        match self {
+            Reason::ThreatFeed { feed, .. } => snap.feeds.get(*feed as usize).map(|f| {
+                (
+                    15,
+                    Cow::Owned(format!("cleanpipe: blocked by threat feed {}", f.name)),
+                )
+            }),
+            other => other.ede().map(|(c, t)| (c, Cow::Borrowed(t))),
+        }
+    }
+}
+
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -173,12 +216,64 @@ pub struct Decision {
     pub action: Action,
     /// Why.
     pub reason: Reason,
+    /// A log-only feed that matched on the way (index), for counting.
+    pub logged: Option<u16>,
 }
 
 impl Decision {
     fn new(action: Action, reason: Reason) -> Self {
-        Self { action, reason }
+        Self {
+            action,
+            reason,
+            logged: None,
+        }
     }
+}
+
+/// Row 1b: the first feed (in configured order) whose client-IP or QNAME trigger matches.
+/// PASSTHRU stops feed processing; log-only feeds are noted and skipped.
+fn decide_feeds(
+    snap: &Snapshot,
+    client: &ClientView,
+    q: &Question,
+) -> (Option<Decision>, Option<u16>) {
+    let mut logged = None;
+    for (i, f) in snap.feeds.iter().enumerate() {
+        let i = i as u16;
+        let hit = match client.feed_client {
+            Some((fi, r)) if fi == i => Some((r, Trigger::ClientIp)),
+            _ => f.zone.match_qname(&q.name).map(|r| (r, Trigger::Qname)),
+        };
+        let Some((rule, trigger)) = hit else { continue };
+        if f.log_only {
+            logged.get_or_insert(i);
+            continue;
+        }
+        let action = match (f.policy, rule.action) {
+            (FeedPolicy::Given, RpzAction::NxDomain) | (FeedPolicy::NxDomain, _) => {
+                Action::NxDomain
+            }
+            (FeedPolicy::Given, RpzAction::NoData) | (FeedPolicy::NoData, _) => Action::NoData,
+            (FeedPolicy::Given, RpzAction::Passthru) | (FeedPolicy::Passthru, _) => {
+                return (None, logged);
+            }
+            (FeedPolicy::Given, RpzAction::Drop) | (FeedPolicy::Drop, _) => Action::Drop,
+            (FeedPolicy::Given, RpzAction::TcpOnly) | (FeedPolicy::TcpOnly, _) => Action::TcpOnly,
+            (FeedPolicy::Given, RpzAction::LocalData(data)) => Action::LocalData { feed: i, data },
+            (FeedPolicy::CleanupPage, _) => Action::Sinkhole(Page::Cleanup),
+        };
+        let d = Decision {
+            action,
+            reason: Reason::ThreatFeed {
+                feed: i,
+                trigger,
+                rule,
+            },
+            logged,
+        };
+        return (Some(d), logged);
+    }
+    (None, logged)
 }
 
 /// Decides one query. Pure: the same inputs always give the same decision; `now` is unix seconds.
@@ -188,6 +283,18 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
         return Decision::new(Action::Refuse, Reason::NotServed);
     }
 
+    // Row 1b: threat feeds protect everyone, before any other rule.
+    let (hit, logged) = decide_feeds(snap, client, q);
+    if let Some(d) = hit {
+        return d;
+    }
+    let mut d = decide_subscriber(snap, client, q, now);
+    d.logged = logged;
+    d
+}
+
+/// Rows 2 to 5.
+fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> Decision {
     // Rows 2 and 3: infected subscribers.
     if let Some(infection) = client.infection {
         let org = client.organisation.and_then(|o| {

@@ -43,6 +43,10 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
                 .get(i as usize)
                 .map_or("?", |t| t.1.as_str())
         ),
+        Action::NoData => "NODATA (no records)".to_owned(),
+        Action::Drop => "drop (no answer)".to_owned(),
+        Action::TcpOnly => "TCP only (truncated over UDP)".to_owned(),
+        Action::LocalData { .. } => "answer with the feed's local data".to_owned(),
     };
     if !client.served {
         details.push(format!("client {ip} is not in clients.allow"));
@@ -106,7 +110,44 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             }
         ));
     }
+    if let Some(f) = d.logged.and_then(|i| snap.feeds.get(i as usize)) {
+        details.push(format!(
+            "log-only feed `{}` also matched (answer unchanged)",
+            f.name
+        ));
+    }
     match d.reason {
+        Reason::ThreatFeed {
+            feed,
+            trigger,
+            rule,
+        } => {
+            if let Some(f) = snap.feeds.get(feed as usize) {
+                details.push(format!(
+                    "threat feed `{}` (zone {}, {}), {} trigger{}{}",
+                    f.name,
+                    f.zone.origin,
+                    f.source,
+                    match trigger {
+                        super::rpz::Trigger::Qname => "QNAME",
+                        super::rpz::Trigger::ClientIp => "rpz-client-ip",
+                    },
+                    if rule.line > 0 {
+                        format!(" at line {}", rule.line)
+                    } else {
+                        String::new()
+                    },
+                    if f.botnet {
+                        format!(
+                            "; botnet signature {}: the client will be flagged infected",
+                            f.family_of(&rule)
+                        )
+                    } else {
+                        String::new()
+                    },
+                ));
+            }
+        }
         Reason::Remediation { source, .. } | Reason::TrustedAllowed { source, .. } => {
             details.push(format!(
                 "{} is listed by {}",
@@ -128,7 +169,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
     Explanation {
         action,
         reason: d.reason.label().to_owned(),
-        ede: d.reason.ede().map(|(c, t)| format!("{c}: {t}")),
+        ede: d.reason.ede_for(snap).map(|(c, t)| format!("{c}: {t}")),
         details,
         generation: snap.generation,
     }

@@ -12,9 +12,11 @@ pub mod explain;
 pub mod fixture;
 pub mod names;
 pub mod prefix;
+pub mod rpz;
 pub mod sources;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -193,6 +195,52 @@ impl Default for Sinkhole {
     }
 }
 
+/// How a feed's matches are answered, overriding the zone's actions (as BIND's `policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeedPolicy {
+    /// As written in the zone.
+    #[default]
+    Given,
+    /// NXDOMAIN.
+    NxDomain,
+    /// NODATA.
+    NoData,
+    /// No rewriting.
+    Passthru,
+    /// No answer.
+    Drop,
+    /// TC=1 over UDP.
+    TcpOnly,
+    /// The cleanup page's addresses.
+    CleanupPage,
+}
+
+/// A threat feed (compiled RPZ zone) and how it is applied.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// Configured name.
+    pub name: String,
+    /// Where it comes from (file path or primary), for `explain`.
+    pub source: String,
+    /// The compiled zone (shared between snapshots while unchanged).
+    pub zone: Arc<rpz::RpzZone>,
+    /// Action override.
+    pub policy: FeedPolicy,
+    /// Count and log matches, change nothing.
+    pub log_only: bool,
+    /// Lookups flag the subscriber infected.
+    pub botnet: bool,
+    /// Family used when the zone names none.
+    pub family: String,
+}
+
+impl Feed {
+    /// The family a match of `rule` reports.
+    pub fn family_of(&self, rule: &rpz::Rule) -> &str {
+        self.zone.family(rule).unwrap_or(&self.family)
+    }
+}
+
 /// What the policy knows about a client address: computed once per client (and cached until the
 /// snapshot changes), then used for every question.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -209,6 +257,8 @@ pub struct ClientView {
     pub exempt: bool,
     /// Latest self-release covering the client: `(released at, until)`, unix seconds.
     pub released: Option<(i64, i64)>,
+    /// First feed with an `rpz-client-ip` trigger for this client, and the rule.
+    pub feed_client: Option<(u16, rpz::Rule)>,
 }
 
 /// One immutable, validated version of the whole policy. Built by [`compile`], swapped whole.
@@ -250,6 +300,8 @@ pub struct Snapshot {
     pub sinkhole: Sinkhole,
     /// Release of the curated allowlists.
     pub allowlist_version: String,
+    /// Threat feeds in evaluation order.
+    pub feeds: Vec<Feed>,
 }
 
 impl Snapshot {
@@ -263,6 +315,11 @@ impl Snapshot {
             enrolment: self.enrolled.longest_match(ip).map(|(_, i)| *i),
             exempt: self.exempt.contains(ip),
             released: self.released.longest_match(ip).map(|(_, r)| *r),
+            feed_client: self
+                .feeds
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| f.zone.match_client(ip).map(|r| (i as u16, r))),
         }
     }
 
@@ -304,6 +361,7 @@ impl Snapshot {
             services: self.services.len(),
             allowlisted_names: self.names.len(),
             client_networks: self.acl.len(),
+            feed_triggers: self.feeds.iter().map(|f| f.zone.len()).sum(),
         }
     }
 }
@@ -325,4 +383,6 @@ pub struct Counts {
     pub allowlisted_names: usize,
     /// Served client networks.
     pub client_networks: usize,
+    /// Triggers in all threat feeds.
+    pub feed_triggers: usize,
 }

@@ -161,6 +161,11 @@ impl<V> NameMap<V> {
         self.map.insert(name.as_bytes().into(), value)
     }
 
+    /// The value of exactly this normalised name, given as bytes.
+    pub fn map_get(&self, name: &[u8]) -> Option<&V> {
+        self.map.get(name)
+    }
+
     /// The value of exactly this name.
     pub fn get_exact(&self, q: &QName) -> Option<&V> {
         self.map.get(q.as_bytes())

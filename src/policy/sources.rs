@@ -656,6 +656,8 @@ pub struct SourceSet {
     pub policy_files: Vec<(String, String)>,
     /// `(path relative to the allowlists dir, display path, text)`, sorted.
     pub allowlist_files: Vec<(String, String, String)>,
+    /// Threat feeds, already compiled (see `store`), in evaluation order.
+    pub feeds: Vec<super::Feed>,
 }
 
 /// A file or directory that could not be read.

@@ -1,0 +1,634 @@
+//! Response Policy Zones (RPZ): the threat-feed format of BIND, Unbound, PowerDNS and Knot.
+//!
+//! Supported triggers: QNAME (`name` and `*.name`, relative to the zone origin) and
+//! `rpz-client-ip` (`<prefix-length>.<reversed address>.rpz-client-ip`, IPv6 with `zz` for `::`).
+//! Supported actions: NXDOMAIN (`CNAME .`), NODATA (`CNAME *.`), PASSTHRU (`CNAME rpz-passthru.`),
+//! DROP (`CNAME rpz-drop.`), TCP-only (`CNAME rpz-tcp-only.`) and local data (A, AAAA, TXT, or a
+//! CNAME to another name such as the walled garden). `rpz-ip`, `rpz-nsdname` and `rpz-nsip`
+//! triggers are counted and ignored. A `TXT "family=<name>"` at a trigger (or at the apex, for the
+//! whole zone) names the malware family for botnet feeds.
+//!
+//! The parser is a small line-based zone-file reader (`$ORIGIN`, `$TTL`, comments, parentheses,
+//! omitted owner/TTL/class) written for speed on million-line feeds; every malformed record is
+//! reported with its line.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::names::{NameMap, QName, normalise};
+use super::prefix::PrefixMap;
+use super::sources::PolicyError;
+
+/// What a trigger does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpzAction {
+    /// Answer NXDOMAIN.
+    NxDomain,
+    /// Answer NOERROR with no records.
+    NoData,
+    /// Stop RPZ processing; answer normally.
+    Passthru,
+    /// Send no answer.
+    Drop,
+    /// Over UDP answer with TC=1 so the client retries over TCP; over TCP answer normally.
+    TcpOnly,
+    /// Answer with the zone's local data `i`.
+    LocalData(u32),
+}
+
+/// A local-data record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalRecord {
+    /// IPv4 address.
+    A(Ipv4Addr),
+    /// IPv6 address.
+    Aaaa(Ipv6Addr),
+    /// Text.
+    Txt(Box<str>),
+    /// Alias (e.g. the walled garden's name).
+    Cname(Box<str>),
+}
+
+/// One trigger's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// What to do.
+    pub action: RpzAction,
+    /// Index into [`RpzZone::families`], `u32::MAX` for none.
+    pub family: u32,
+    /// Line in the zone file (0 for transferred zones).
+    pub line: u32,
+}
+
+/// What matched in a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The query name (or a wildcard covering it).
+    Qname,
+    /// The client address.
+    ClientIp,
+}
+
+/// A compiled RPZ zone.
+#[derive(Debug, Default)]
+pub struct RpzZone {
+    /// Origin (lowercase, no trailing dot).
+    pub origin: String,
+    /// SOA serial (0 when the zone has no SOA).
+    pub serial: u32,
+    exact: NameMap<Rule>,
+    wildcard: NameMap<Rule>,
+    client_ip: PrefixMap<Rule>,
+    /// Local data sets.
+    pub local: Vec<Vec<LocalRecord>>,
+    /// Family names (interned).
+    pub families: Vec<Box<str>>,
+    /// `family=` at the apex, if any.
+    pub zone_family: Option<Box<str>>,
+    /// Triggers of unsupported kinds that were skipped.
+    pub ignored: usize,
+}
+
+impl RpzZone {
+    /// A zone with no triggers (a transferred feed before its first transfer).
+    pub fn empty(origin: &str) -> Self {
+        Self {
+            origin: origin.trim_end_matches('.').to_ascii_lowercase(),
+            ..Self::default()
+        }
+    }
+
+    /// Number of QNAME and client-IP triggers.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len() + self.client_ip.len()
+    }
+
+    /// True when the zone has no trigger.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rule for a client address, if any.
+    pub fn match_client(&self, ip: IpAddr) -> Option<Rule> {
+        self.client_ip.longest_match(ip).map(|(_, r)| *r)
+    }
+
+    /// The rule for a query name: an exact trigger, else the closest wildcard (`*.example.com`
+    /// covers names below `example.com`, not `example.com` itself).
+    pub fn match_qname(&self, q: &QName) -> Option<Rule> {
+        if let Some(r) = self.exact.get_exact(q) {
+            return Some(*r);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        q.suffixes()
+            .skip(1)
+            .find_map(|s| self.wildcard.map_get(s))
+            .copied()
+    }
+
+    /// The family name of a rule (the zone's when the rule has none).
+    pub fn family(&self, r: &Rule) -> Option<&str> {
+        self.families
+            .get(r.family as usize)
+            .map(|s| &**s)
+            .or(self.zone_family.as_deref())
+    }
+}
+
+/// Reads `"rpz-client-ip"` owner labels (without that suffix): `32.1.2.0.192` → 192.0.2.1/32,
+/// `48.zz.db8.2001` → 2001:db8::/48.
+fn client_ip_trigger(labels: &str) -> Result<IpNet, String> {
+    let parts: Vec<&str> = labels.split('.').collect();
+    let (len, addr) = parts.split_first().ok_or("empty rpz-client-ip trigger")?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("bad prefix length `{len}`"))?;
+    let rev: Vec<&str> = addr.iter().rev().copied().collect();
+    let ip: IpAddr = if rev.len() == 4 && rev.iter().all(|p| p.parse::<u8>().is_ok()) {
+        IpAddr::V4(rev.join(".").parse().map_err(|_| "bad IPv4 address")?)
+    } else {
+        let text = rev.join(":").replace("zz", "");
+        let text = if text.starts_with(':') && !text.starts_with("::") {
+            format!(":{text}")
+        } else {
+            text
+        };
+        let text = if text.ends_with(':') && !text.ends_with("::") {
+            format!("{text}:")
+        } else {
+            text
+        };
+        IpAddr::V6(
+            text.parse()
+                .map_err(|_| format!("bad IPv6 address in `{labels}`"))?,
+        )
+    };
+    let net = IpNet::new(ip, len).map_err(|_| format!("prefix length {len} too long"))?;
+    if net.trunc() != net {
+        return Err(format!("{net} has host bits set"));
+    }
+    Ok(net)
+}
+
+/// Splits zone-file text into logical records: `(line, tokens)`, joining parentheses and
+/// dropping comments. Quoted strings stay one token (with their quotes).
+fn records(text: &str) -> impl Iterator<Item = (u32, bool, Vec<String>)> + '_ {
+    let mut lines = text.lines().enumerate();
+    std::iter::from_fn(move || {
+        loop {
+            let (i, first) = lines.next()?;
+            let starts_blank = first.starts_with([' ', '\t']);
+            let mut tokens = Vec::new();
+            let mut depth = 0i32;
+            let mut line = first;
+            loop {
+                tokenize(line, &mut tokens, &mut depth);
+                if depth <= 0 {
+                    break;
+                }
+                match lines.next() {
+                    Some((_, l)) => line = l,
+                    None => break,
+                }
+            }
+            if !tokens.is_empty() {
+                return Some((i as u32 + 1, starts_blank, tokens));
+            }
+        }
+    })
+}
+
+fn tokenize(line: &str, out: &mut Vec<String>, depth: &mut i32) {
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            cur.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            } else if c == '"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match c {
+            ';' => break,
+            '"' => {
+                quoted = true;
+                cur.push(c);
+            }
+            '(' => *depth += 1,
+            ')' => *depth -= 1,
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+}
+
+fn is_class(t: &str) -> bool {
+    matches!(t.to_ascii_uppercase().as_str(), "IN" | "CH" | "HS" | "CS")
+}
+
+fn unquote(t: &str) -> String {
+    t.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(t)
+        .replace("\\\"", "\"")
+}
+
+/// Parses an RPZ zone. `origin` is the zone's name (from configuration or the transfer); when
+/// `None`, the first `$ORIGIN` or SOA owner is used.
+pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Vec<PolicyError>> {
+    let mut zone = RpzZone::default();
+    let mut errors = Vec::new();
+    let mut zone_origin: Option<String> =
+        origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
+    let mut current_origin = zone_origin.clone().unwrap_or_default();
+    let mut last_owner = String::new();
+    let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
+    // Local data accumulates per owner; actions per owner are resolved at the end.
+    let mut pending: rustc_hash::FxHashMap<
+        String,
+        (u32, Vec<LocalRecord>, Option<RpzAction>, Option<String>),
+    > = Default::default();
+    let mut order: Vec<String> = Vec::new();
+    let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {
+        if errors.len() < 100 {
+            errors.push(PolicyError::at(file, line as usize, m));
+        }
+    };
+
+    for (line, blank_owner, tokens) in records(text) {
+        if tokens[0].eq_ignore_ascii_case("$ORIGIN") {
+            match tokens.get(1) {
+                Some(o) => {
+                    current_origin = absolute(o, &current_origin);
+                    if zone_origin.is_none() {
+                        zone_origin = Some(current_origin.clone());
+                    }
+                }
+                None => err(line, "$ORIGIN needs a name".into(), &mut errors),
+            }
+            continue;
+        }
+        if tokens[0].starts_with('$') {
+            continue; // $TTL, $INCLUDE (not followed: feeds are single files)
+        }
+        let mut t = tokens.iter().map(String::as_str).peekable();
+        let owner = if blank_owner {
+            last_owner.clone()
+        } else {
+            let o = t.next().unwrap_or_default();
+            absolute(o, &current_origin)
+        };
+        last_owner = owner.clone();
+        // [ttl] [class] | [class] [ttl]
+        let mut rtype = None;
+        for tok in t.by_ref() {
+            if tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok) {
+                continue;
+            }
+            rtype = Some(tok.to_ascii_uppercase());
+            break;
+        }
+        let Some(rtype) = rtype else {
+            err(line, "record without a type".into(), &mut errors);
+            continue;
+        };
+        let rdata: Vec<&str> = t.collect();
+        if rtype == "SOA" {
+            if zone_origin.is_none() {
+                zone_origin = Some(owner.clone());
+            }
+            if current_origin.is_empty() {
+                current_origin = owner.clone();
+            }
+            match rdata.get(2).and_then(|s| s.parse::<u32>().ok()) {
+                Some(serial) => zone.serial = serial,
+                None => err(line, "SOA without a serial".into(), &mut errors),
+            }
+            continue;
+        }
+        let Some(origin) = zone_origin.as_deref() else {
+            err(
+                line,
+                "record before the zone origin is known (add $ORIGIN or an SOA)".into(),
+                &mut errors,
+            );
+            continue;
+        };
+        let rel = if owner == origin {
+            String::new()
+        } else if let Some(r) = owner.strip_suffix(origin).and_then(|r| r.strip_suffix('.')) {
+            r.to_owned()
+        } else {
+            err(
+                line,
+                format!("`{owner}` is outside the zone `{origin}`"),
+                &mut errors,
+            );
+            continue;
+        };
+        if rel.is_empty() {
+            // Apex: SOA/NS are zone plumbing; a TXT family= names the whole zone's family.
+            if rtype == "TXT" {
+                let txt = unquote(&rdata.join(" "));
+                if let Some(f) = txt.strip_prefix("family=") {
+                    zone.zone_family = Some(f.trim().into());
+                }
+            }
+            continue;
+        }
+        let entry = pending.entry(rel.clone()).or_insert_with(|| {
+            order.push(rel.clone());
+            (line, Vec::new(), None, None)
+        });
+        let first = rdata.first().copied().unwrap_or("");
+        match rtype.as_str() {
+            "CNAME" => {
+                let target = first.to_ascii_lowercase();
+                let action = match target.as_str() {
+                    "." => Some(RpzAction::NxDomain),
+                    "*." => Some(RpzAction::NoData),
+                    "rpz-passthru." => Some(RpzAction::Passthru),
+                    "rpz-drop." => Some(RpzAction::Drop),
+                    "rpz-tcp-only." => Some(RpzAction::TcpOnly),
+                    "" => {
+                        err(line, "CNAME without a target".into(), &mut errors);
+                        continue;
+                    }
+                    t => {
+                        let abs = absolute(t, &current_origin);
+                        match normalise(&abs) {
+                            Ok(n) => entry.1.push(LocalRecord::Cname(n.into())),
+                            Err(e) => err(line, format!("CNAME target: {e}"), &mut errors),
+                        }
+                        None
+                    }
+                };
+                if action.is_some() {
+                    entry.2 = action;
+                }
+            }
+            "A" => match first.parse() {
+                Ok(a) => entry.1.push(LocalRecord::A(a)),
+                Err(_) => err(line, format!("bad IPv4 address `{first}`"), &mut errors),
+            },
+            "AAAA" => match first.parse() {
+                Ok(a) => entry.1.push(LocalRecord::Aaaa(a)),
+                Err(_) => err(line, format!("bad IPv6 address `{first}`"), &mut errors),
+            },
+            "TXT" => {
+                let txt = unquote(&rdata.join(" "));
+                match txt.strip_prefix("family=") {
+                    Some(f) => entry.3 = Some(f.trim().to_owned()),
+                    None => entry.1.push(LocalRecord::Txt(txt.into())),
+                }
+            }
+            "NS" | "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "DS" => {}
+            other => err(
+                line,
+                format!("unsupported RPZ record type {other}"),
+                &mut errors,
+            ),
+        }
+    }
+    let Some(origin) = zone_origin else {
+        errors.push(PolicyError::at(
+            file,
+            0,
+            "no zone origin: add $ORIGIN or an SOA record",
+        ));
+        return Err(errors);
+    };
+    zone.origin = origin;
+    for rel in order {
+        let Some((line, local, action, family)) = pending.remove(&rel) else {
+            continue;
+        };
+        let action = match (action, local.is_empty()) {
+            (Some(a), true) => a,
+            (Some(_), false) => {
+                err(
+                    line,
+                    format!("`{rel}` mixes a policy action with local data"),
+                    &mut errors,
+                );
+                continue;
+            }
+            (None, false) => {
+                zone.local.push(local);
+                RpzAction::LocalData((zone.local.len() - 1) as u32)
+            }
+            (None, true) => {
+                if family.is_none() {
+                    err(line, format!("`{rel}` has no action"), &mut errors);
+                }
+                continue;
+            }
+        };
+        let family = match family {
+            Some(f) => *family_index.entry(f.clone()).or_insert_with(|| {
+                zone.families.push(f.into());
+                (zone.families.len() - 1) as u32
+            }),
+            None => u32::MAX,
+        };
+        let rule = Rule {
+            action,
+            family,
+            line,
+        };
+        if let Some(ip) = rel.strip_suffix(".rpz-client-ip") {
+            match client_ip_trigger(ip) {
+                Ok(net) => {
+                    zone.client_ip.insert(net, rule);
+                }
+                Err(e) => err(
+                    line,
+                    format!("rpz-client-ip trigger `{rel}`: {e}"),
+                    &mut errors,
+                ),
+            }
+        } else if rel.ends_with(".rpz-ip")
+            || rel.ends_with(".rpz-nsdname")
+            || rel.ends_with(".rpz-nsip")
+        {
+            zone.ignored += 1;
+        } else if let Some(base) = rel.strip_prefix("*.") {
+            match normalise(base) {
+                Ok(n) => {
+                    zone.wildcard.insert(&n, rule);
+                }
+                Err(e) => err(line, format!("trigger: {e}"), &mut errors),
+            }
+        } else {
+            match normalise(&rel) {
+                Ok(n) => {
+                    zone.exact.insert(&n, rule);
+                }
+                Err(e) => err(line, format!("trigger: {e}"), &mut errors),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(zone)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A name made absolute (lowercase, no trailing dot) against `origin`.
+fn absolute(name: &str, origin: &str) -> String {
+    if name == "@" {
+        return origin.to_owned();
+    }
+    match name.strip_suffix('.') {
+        Some(abs) => abs.to_ascii_lowercase(),
+        None if origin.is_empty() => name.to_ascii_lowercase(),
+        None => format!("{}.{origin}", name.to_ascii_lowercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONE: &str = "$TTL 300
+@ SOA ns.feed.example. hostmaster.feed.example. ( 2026112501 3600 600
+      86400 300 ) ; multi-line SOA
+  NS ns.feed.example.
+@ TXT \"family=GenericBotnet\"
+nx.example          CNAME .
+nodata.example      CNAME *.
+*.wild.example      CNAME .
+ok.wild.example     CNAME rpz-passthru.
+drop.example        CNAME rpz-drop.
+tcp.example         CNAME rpz-tcp-only.
+garden.example      CNAME walled-garden.isp.example.
+local.example       A 192.0.2.80
+local.example       AAAA 2001:db8::80
+c2.example          CNAME .
+c2.example          TXT \"family=Emotet\"
+32.66.2.0.192.rpz-client-ip  CNAME .
+48.zz.db8.2001.rpz-client-ip CNAME rpz-drop.
+24.0.2.0.192.rpz-ip CNAME .
+";
+
+    fn q(s: &str) -> QName {
+        QName::new(s).expect("name")
+    }
+
+    #[test]
+    fn every_trigger_and_action() {
+        let z = parse("feed.rpz", ZONE, Some("rpz.feed.example")).expect("valid zone");
+        assert_eq!(z.serial, 2026112501);
+        assert_eq!(z.ignored, 1, "rpz-ip is counted and skipped");
+        let act = |n: &str| z.match_qname(&q(n)).map(|r| r.action);
+        assert_eq!(act("nx.example"), Some(RpzAction::NxDomain));
+        assert_eq!(act("NX.Example."), Some(RpzAction::NxDomain));
+        assert_eq!(
+            act("www.nx.example"),
+            None,
+            "an exact trigger does not cover subdomains"
+        );
+        assert_eq!(act("nodata.example"), Some(RpzAction::NoData));
+        assert_eq!(act("a.b.wild.example"), Some(RpzAction::NxDomain));
+        assert_eq!(
+            act("wild.example"),
+            None,
+            "a wildcard does not cover its apex"
+        );
+        assert_eq!(
+            act("ok.wild.example"),
+            Some(RpzAction::Passthru),
+            "exact beats wildcard"
+        );
+        assert_eq!(act("drop.example"), Some(RpzAction::Drop));
+        assert_eq!(act("tcp.example"), Some(RpzAction::TcpOnly));
+        let Some(RpzAction::LocalData(i)) = act("garden.example") else {
+            panic!("local data")
+        };
+        assert_eq!(
+            z.local[i as usize],
+            vec![LocalRecord::Cname("walled-garden.isp.example".into())]
+        );
+        let Some(RpzAction::LocalData(i)) = act("local.example") else {
+            panic!("local data")
+        };
+        assert_eq!(z.local[i as usize].len(), 2);
+        let c2 = z.match_qname(&q("c2.example")).expect("c2 listed");
+        assert_eq!(z.family(&c2), Some("Emotet"));
+        let nx = z.match_qname(&q("nx.example")).expect("listed");
+        assert_eq!(z.family(&nx), Some("GenericBotnet"), "zone-level family");
+        assert_eq!(
+            z.match_client("192.0.2.66".parse().expect("ip"))
+                .map(|r| r.action),
+            Some(RpzAction::NxDomain)
+        );
+        assert_eq!(z.match_client("192.0.2.67".parse().expect("ip")), None);
+        assert_eq!(
+            z.match_client("2001:db8:0:1::5".parse().expect("ip"))
+                .map(|r| r.action),
+            Some(RpzAction::Drop)
+        );
+        assert_eq!(z.len(), 11);
+    }
+
+    #[test]
+    fn origin_from_soa_and_absolute_owners() {
+        let text = "rpz.example. 300 IN SOA ns hostmaster 7 1 1 1 1\nbad.example.rpz.example. 300 IN CNAME .\nother 300 CNAME .\n";
+        let z = parse("z", text, None).expect("valid");
+        assert_eq!(z.origin, "rpz.example");
+        assert!(z.match_qname(&q("bad.example")).is_some());
+        assert!(z.match_qname(&q("other")).is_some());
+    }
+
+    #[test]
+    fn malformed_records_are_reported_with_lines() {
+        let text = "$ORIGIN rpz.example.\n@ SOA ns hm 1 1 1 1 1\na.example A 999.1.1.1\nb.example CNAME . \nb.example A 192.0.2.1\n8.1.2.3.4.5.rpz-client-ip CNAME .\nc.example.other. CNAME .\nd.example MX 10 mail\n";
+        let errs = parse("feed.rpz", text, None).expect_err("four errors");
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert!(lines.contains(&3), "{errs:?}");
+        assert!(lines.contains(&4), "mixed action and data: {errs:?}");
+        assert!(lines.contains(&6), "bad client ip: {errs:?}");
+        assert!(lines.contains(&7), "outside the zone: {errs:?}");
+        assert!(lines.contains(&8), "unsupported type: {errs:?}");
+        assert!(errs.iter().all(|e| e.file == "feed.rpz"));
+    }
+
+    #[test]
+    fn client_ip_labels() {
+        assert_eq!(
+            client_ip_trigger("32.1.2.0.192").map(|n| n.to_string()),
+            Ok("192.0.2.1/32".into())
+        );
+        assert_eq!(
+            client_ip_trigger("24.0.2.0.192").map(|n| n.to_string()),
+            Ok("192.0.2.0/24".into())
+        );
+        assert_eq!(
+            client_ip_trigger("128.1.zz.db8.2001").map(|n| n.to_string()),
+            Ok("2001:db8::1/128".into())
+        );
+        assert_eq!(
+            client_ip_trigger("56.zz.5600.1234.db8.2001").map(|n| n.to_string()),
+            Ok("2001:db8:1234:5600::/56".into())
+        );
+        assert!(client_ip_trigger("33.1.2.0.192").is_err());
+        assert!(client_ip_trigger("24.1.2.0.192").is_err(), "host bits");
+    }
+}
