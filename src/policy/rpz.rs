@@ -265,6 +265,7 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
         (u32, Vec<LocalRecord>, Option<RpzAction>, Option<String>),
     > = Default::default();
     let mut order: Vec<String> = Vec::new();
+    let mut broken: rustc_hash::FxHashSet<String> = Default::default();
     let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {
         if errors.len() < 100 {
             errors.push(PolicyError::at(file, line as usize, m));
@@ -357,6 +358,7 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             (line, Vec::new(), None, None)
         });
         let first = rdata.first().copied().unwrap_or("");
+        let errors_before = errors.len();
         match rtype.as_str() {
             "CNAME" => {
                 let target = first.to_ascii_lowercase();

@@ -3,6 +3,7 @@
 mod support;
 
 mod allowlists;
+mod feeds;
 mod page;
 mod policy;
 mod recursion;
