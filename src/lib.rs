@@ -15,6 +15,7 @@
 //! - [`dns`]: the DNS front end: identify client → decide → resolve or synthesize → respond.
 //! - [`web`]: the admin HTTP API.
 //! - [`metrics`]: metric names and their descriptions.
+//! - [`xfr`]: threat feeds kept current by AXFR/IXFR with TSIG and NOTIFY.
 //! - [`server`]: wires everything together for `cleanpipe serve`.
 
 pub mod config;
@@ -28,3 +29,4 @@ pub mod state;
 pub mod store;
 pub mod watch;
 pub mod web;
+pub mod xfr;

@@ -29,6 +29,10 @@ pub const SELF_RELEASES: &str = "cleanpipe_self_releases_total";
 pub const FEED_LOG_ONLY: &str = "cleanpipe_feed_log_only_matches_total";
 /// Botnet-feed lookups that flagged a subscriber infected.
 pub const DETECTIONS: &str = "cleanpipe_botnet_detections_total";
+/// Feed transfers applied, by `kind` (AXFR, IXFR).
+pub const FEED_TRANSFERS: &str = "cleanpipe_feed_transfers_total";
+/// Feed transfers that failed (the last good copy is kept).
+pub const FEED_TRANSFER_FAILURES: &str = "cleanpipe_feed_transfer_failures_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
 
@@ -58,6 +62,11 @@ pub fn describe() {
     metrics::describe_counter!(
         DETECTIONS,
         "Botnet-feed lookups that flagged a subscriber infected"
+    );
+    metrics::describe_counter!(FEED_TRANSFERS, "Feed zone transfers applied, by kind");
+    metrics::describe_counter!(
+        FEED_TRANSFER_FAILURES,
+        "Feed zone transfers that failed (last good copy kept)"
     );
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
 }

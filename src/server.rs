@@ -97,6 +97,10 @@ pub async fn serve(
             &config.detection,
         ));
     }
+    let notifier = crate::xfr::spawn(store.clone()).map_err(|e| ServeError::Task(e.to_string()))?;
+    if !notifier.is_empty() {
+        handler = handler.with_notifier(notifier);
+    }
     let inflight = handler.inflight();
     let listeners = Listeners::start(&config.listen, handler)?;
 

@@ -38,6 +38,7 @@ pub struct DnsHandler {
     resolver: Arc<Resolver>,
     inflight: Arc<AtomicUsize>,
     detector: Option<crate::detect::Detector>,
+    notifier: Option<crate::xfr::Notifier>,
 }
 
 /// A response before encoding.
@@ -96,7 +97,14 @@ impl DnsHandler {
             resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
             detector: None,
+            notifier: None,
         }
+    }
+
+    /// Accepts NOTIFY for transferred feeds from their primaries.
+    pub fn with_notifier(mut self, n: crate::xfr::Notifier) -> Self {
+        self.notifier = Some(n);
+        self
     }
 
     /// Flags subscribers who look up botnet-feed names.
@@ -111,6 +119,19 @@ impl DnsHandler {
     }
 
     async fn answer(&self, request: &Request) -> Reply {
+        if request.metadata.op_code == OpCode::Notify {
+            // RFC 1996: a primary tells us a feed changed. Only configured primaries, for
+            // their zones; everyone else is refused.
+            let accepted = match (&self.notifier, request.request_info()) {
+                (Some(n), Ok(info)) => n.notify(&info.query.name().to_string(), request.src().ip()),
+                _ => false,
+            };
+            return Reply::error(if accepted {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::Refused
+            });
+        }
         if request.metadata.op_code != OpCode::Query {
             metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "opcode").increment(1);
             return Reply::error(ResponseCode::NotImp);

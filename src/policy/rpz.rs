@@ -407,6 +407,9 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
                 &mut errors,
             ),
         }
+        if errors.len() > errors_before {
+            broken.insert(rel);
+        }
     }
     let Some(origin) = zone_origin else {
         errors.push(PolicyError::at(
@@ -421,6 +424,9 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
         let Some((line, local, action, family)) = pending.remove(&rel) else {
             continue;
         };
+        if broken.contains(&rel) {
+            continue; // already reported
+        }
         let action = match (action, local.is_empty()) {
             (Some(a), true) => a,
             (Some(_), false) => {

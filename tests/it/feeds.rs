@@ -75,7 +75,12 @@ detection:
     let cp = Cleanpipe::start(
         &format!("  mode: forward\n  forward:\n    - address: 127.0.96.{n}\n      port: 5354"),
         feeds,
-        &[("threats.rpz", THREATS), ("botnet.rpz", BOTNET), ("watch.rpz", LOGONLY), ("organisations.yaml", ORG)],
+        &[
+            ("threats.rpz", THREATS),
+            ("botnet.rpz", BOTNET),
+            ("watch.rpz", LOGONLY),
+            ("organisations.yaml", ORG),
+        ],
     );
     (up, cp)
 }
@@ -85,37 +90,93 @@ fn every_rpz_action_over_real_dns() {
     let (up, cp) = setup(1);
     let c = ip("127.0.0.60");
     let d = dig(cp.dns, Some(c), "nx.bad.example", "A", &[]);
-    assert_eq!((d.status.as_str(), d.ede), ("NXDOMAIN", Some(15)), "{}", d.text);
-    assert!(d.text.contains("cert-threats"), "EDE names the feed: {}", d.text);
+    assert_eq!(
+        (d.status.as_str(), d.ede),
+        ("NXDOMAIN", Some(15)),
+        "{}",
+        d.text
+    );
+    assert!(
+        d.text.contains("cert-threats"),
+        "EDE names the feed: {}",
+        d.text
+    );
     let m = query(cp.dns, c, "nodata.bad.example.", RecordType::A);
-    assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0));
+    assert_eq!(
+        (m.metadata.response_code, m.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
     let m = query(cp.dns, c, "deep.wild.bad.example.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    assert!(try_query(cp.dns, c, "drop.bad.example.", RecordType::A, Duration::from_millis(800)).is_err(), "DROP sends no answer");
+    assert!(
+        try_query(
+            cp.dns,
+            c,
+            "drop.bad.example.",
+            RecordType::A,
+            Duration::from_millis(800)
+        )
+        .is_err(),
+        "DROP sends no answer"
+    );
     let m = query(cp.dns, c, "tcp.bad.example.", RecordType::A);
     assert!(m.metadata.truncation, "TCP-only truncates over UDP");
     let d = dig(cp.dns, Some(c), "tcp.bad.example", "A", &["+tcp"]);
-    assert!(d.answers.iter().any(|a| a.ends_with("198.51.100.13")), "over TCP it is resolved normally: {}", d.text);
+    assert!(
+        d.answers.iter().any(|a| a.ends_with("198.51.100.13")),
+        "over TCP it is resolved normally: {}",
+        d.text
+    );
     let d = dig(cp.dns, Some(c), "tcp.bad.example", "A", &[]);
-    assert!(d.text.contains("Truncated, retrying in TCP mode") && d.answers.len() == 1, "dig follows TC to TCP: {}", d.text);
+    assert!(
+        d.text.contains("Truncated, retrying in TCP mode") && d.answers.len() == 1,
+        "dig follows TC to TCP: {}",
+        d.text
+    );
     let m = query(cp.dns, c, "garden.bad.example.", RecordType::A);
-    assert_eq!(addresses(&m), vec!["198.51.100.10"], "local-data CNAME is followed");
+    assert_eq!(
+        addresses(&m),
+        vec!["198.51.100.10"],
+        "local-data CNAME is followed"
+    );
     assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
-    assert_eq!(addresses(&query(cp.dns, c, "local.bad.example.", RecordType::A)), vec!["192.0.2.99"]);
+    assert_eq!(
+        addresses(&query(cp.dns, c, "local.bad.example.", RecordType::A)),
+        vec!["192.0.2.99"]
+    );
     let m = query(cp.dns, c, "local.bad.example.", RecordType::TXT);
     assert_eq!(m.answers.len(), 1);
     // PASSTHRU in an earlier feed wins over the botnet feed listing the same name.
     let m = query(cp.dns, c, "allowed.wild.bad.example.", RecordType::A);
-    assert_eq!(addresses(&m), vec!["198.51.100.12"], "passed through to resolution");
+    assert_eq!(
+        addresses(&m),
+        vec!["198.51.100.12"],
+        "passed through to resolution"
+    );
     assert_eq!(up.count("allowed.wild.bad.example", RecordType::A), 1);
     // rpz-client-ip: this client gets NXDOMAIN for everything.
     let m = query(cp.dns, ip("127.0.0.66"), "www.feed.example.", RecordType::A);
-    assert_eq!((m.metadata.response_code, ede(&m)), (ResponseCode::NXDomain, Some(15)));
+    assert_eq!(
+        (m.metadata.response_code, ede(&m)),
+        (ResponseCode::NXDomain, Some(15))
+    );
     // Feeds never sent a blocked query upstream; normal names still resolve.
-    for n in ["nx.bad.example", "nodata.bad.example", "deep.wild.bad.example", "local.bad.example"] {
-        assert_eq!(up.count(n, RecordType::A), 0, "{n} must not reach the upstream");
+    for n in [
+        "nx.bad.example",
+        "nodata.bad.example",
+        "deep.wild.bad.example",
+        "local.bad.example",
+    ] {
+        assert_eq!(
+            up.count(n, RecordType::A),
+            0,
+            "{n} must not reach the upstream"
+        );
     }
-    assert_eq!(addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)), vec!["198.51.100.10"]);
+    assert_eq!(
+        addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)),
+        vec!["198.51.100.10"]
+    );
 }
 
 #[test]
@@ -123,12 +184,25 @@ fn log_only_feed_changes_nothing_but_counts() {
     let (_up, cp) = setup(2);
     let c = ip("127.0.0.61");
     let m = query(cp.dns, c, "watched.example.", RecordType::A);
-    assert_ne!(m.metadata.response_code, ResponseCode::NXDomain, "log-only: the answer is not rewritten");
+    assert_ne!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "log-only: the answer is not rewritten"
+    );
     assert_eq!(ede(&m), None);
     // An earlier log-only match does not stop a later feed.
-    assert_eq!(query(cp.dns, c, "nx.bad.example.", RecordType::A).metadata.response_code, ResponseCode::NXDomain);
-    let (_, metrics) = cleanpipe::web::client::call(cp.admin, "GET", "/metrics", None, None).expect("metrics");
-    assert!(metrics.contains("cleanpipe_feed_log_only_matches_total 2"), "{metrics}");
+    assert_eq!(
+        query(cp.dns, c, "nx.bad.example.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    let (_, metrics) =
+        cleanpipe::web::client::call(cp.admin, "GET", "/metrics", None, None).expect("metrics");
+    assert!(
+        metrics.contains("cleanpipe_feed_log_only_matches_total 2"),
+        "{metrics}"
+    );
     assert!(cp.log().contains("log-only feed matched"));
 }
 
@@ -136,20 +210,46 @@ fn log_only_feed_changes_nothing_but_counts() {
 fn botnet_lookup_quarantines_the_subscriber() {
     let (up, cp) = setup(3);
     let c = ip("127.0.0.90");
-    assert_eq!(addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)), vec!["198.51.100.10"]);
+    assert_eq!(
+        addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)),
+        vec!["198.51.100.10"]
+    );
     let d = dig(cp.dns, Some(c), "c2.evil.example", "A", &[]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
     // The next, unrelated lookup lands on the cleanup page.
-    let flagged = support::within(Duration::from_secs(3), || addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)) == vec![cp.sink()]);
-    assert!(flagged.is_some(), "subscriber not quarantined; log:\n{}", cp.log());
+    let flagged = support::within(Duration::from_secs(3), || {
+        addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)) == vec![cp.sink()]
+    });
+    assert!(
+        flagged.is_some(),
+        "subscriber not quarantined; log:\n{}",
+        cp.log()
+    );
     assert_eq!(up.count("other.feed.example", RecordType::A), 0);
     // The cleanup page names the family from the feed's TXT record; evidence is durable.
     let page = cp.page(c, "/", &[]);
-    assert!(page.body.contains("Emotet") && page.body.contains("botnet-lookup:cert-botnet"), "{}", page.body);
+    assert!(
+        page.body.contains("Emotet") && page.body.contains("botnet-lookup:cert-botnet"),
+        "{}",
+        page.body
+    );
     let (_, audit) = cp.admin("GET", "/v1/audit", None);
-    assert!(audit.as_array().expect("list").iter().any(|a| a["action"] == "detect" && a["detail"].as_str().is_some_and(|d| d.contains("c2.evil.example"))));
+    assert!(audit.as_array().expect("list").iter().any(|a| {
+        a["action"] == "detect"
+            && a["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("c2.evil.example"))
+    }));
     // Another subscriber is not affected.
-    assert_eq!(addresses(&query(cp.dns, ip("127.0.0.91"), "other.feed.example.", RecordType::A)), vec!["198.51.100.11"]);
+    assert_eq!(
+        addresses(&query(
+            cp.dns,
+            ip("127.0.0.91"),
+            "other.feed.example.",
+            RecordType::A
+        )),
+        vec!["198.51.100.11"]
+    );
 }
 
 #[test]
@@ -157,29 +257,84 @@ fn botnet_lookup_inside_whitelisted_organisation_alerts_instead() {
     let (_up, cp) = setup(4);
     let c = ip("127.0.3.7");
     let m = query(cp.dns, c, "panel.evil.example.", RecordType::A);
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "the C2 name itself is still blocked");
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "the C2 name itself is still blocked"
+    );
     let alerted = support::within(Duration::from_secs(3), || {
-        let (_, e) = cp.admin("GET", "/v1/explain?client=127.0.3.7&name=www.feed.example", None);
+        let (_, e) = cp.admin(
+            "GET",
+            "/v1/explain?client=127.0.3.7&name=www.feed.example",
+            None,
+        );
         e["reason"] == "organisation_alert"
     });
-    assert!(alerted.is_some(), "the detection must turn into an alert; log:\n{}", cp.log());
-    assert_eq!(addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)), vec!["198.51.100.10"], "no quarantine");
-    let (_, e) = cp.admin("GET", "/v1/explain?client=127.0.3.7&name=www.feed.example", None);
-    assert!(e["details"].to_string().contains("GenericBot"), "zone-level family: {e}");
+    assert!(
+        alerted.is_some(),
+        "the detection must turn into an alert; log:\n{}",
+        cp.log()
+    );
+    assert_eq!(
+        addresses(&query(cp.dns, c, "www.feed.example.", RecordType::A)),
+        vec!["198.51.100.10"],
+        "no quarantine"
+    );
+    let (_, e) = cp.admin(
+        "GET",
+        "/v1/explain?client=127.0.3.7&name=www.feed.example",
+        None,
+    );
+    assert!(
+        e["details"].to_string().contains("GenericBot"),
+        "zone-level family: {e}"
+    );
 }
 
 #[test]
 fn feed_file_change_is_picked_up_and_broken_feed_is_reported() {
     let (_up, cp) = setup(5);
     let c = ip("127.0.0.62");
-    assert_eq!(addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)), vec!["198.51.100.11"]);
-    cp.write_policy("threats.rpz", &format!("{THREATS}other.feed.example CNAME .\n"));
-    assert!(support::within(Duration::from_secs(2), || query(cp.dns, c, "other.feed.example.", RecordType::A).metadata.response_code == ResponseCode::NXDomain).is_some());
-    cp.write_policy("threats.rpz", &format!("{THREATS}broken.example A 300.1.1.1\n"));
+    assert_eq!(
+        addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)),
+        vec!["198.51.100.11"]
+    );
+    cp.write_policy(
+        "threats.rpz",
+        &format!("{THREATS}other.feed.example CNAME .\n"),
+    );
+    assert!(
+        support::within(Duration::from_secs(2), || query(
+            cp.dns,
+            c,
+            "other.feed.example.",
+            RecordType::A
+        )
+        .metadata
+        .response_code
+            == ResponseCode::NXDomain)
+        .is_some()
+    );
+    cp.write_policy(
+        "threats.rpz",
+        &format!("{THREATS}broken.example A 300.1.1.1\n"),
+    );
     let reported = support::within(Duration::from_secs(3), || {
         let (_, st) = cp.admin("GET", "/v1/status", None);
-        st["reload"]["last_errors"].to_string().contains("threats.rpz:14: bad IPv4 address `300.1.1.1`")
+        st["reload"]["last_errors"]
+            .to_string()
+            .contains("threats.rpz:14: bad IPv4 address `300.1.1.1`")
     });
-    assert!(reported.is_some(), "{}", cp.admin("GET", "/v1/status", None).1);
-    assert_eq!(query(cp.dns, c, "other.feed.example.", RecordType::A).metadata.response_code, ResponseCode::NXDomain, "the last good copy keeps serving");
+    assert!(
+        reported.is_some(),
+        "{}",
+        cp.admin("GET", "/v1/status", None).1
+    );
+    assert_eq!(
+        query(cp.dns, c, "other.feed.example.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain,
+        "the last good copy keeps serving"
+    );
 }

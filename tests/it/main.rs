@@ -7,3 +7,4 @@ mod feeds;
 mod page;
 mod policy;
 mod recursion;
+mod xfr;

@@ -233,13 +233,22 @@ impl Cleanpipe {
     /// Writes `resolver_yaml` (the `resolver:` section body) and `extra_yaml` into a config in a
     /// new temporary directory with `policy/` files, then starts the binary and waits until ready.
     pub fn start(resolver_yaml: &str, extra_yaml: &str, policy: &[(&str, &str)]) -> Cleanpipe {
+        Self::start_at(fresh_ip(), resolver_yaml, extra_yaml, policy)
+    }
+
+    /// Like [`Cleanpipe::start`], on a given loopback address (from [`fresh_ip`]).
+    pub fn start_at(
+        ip: IpAddr,
+        resolver_yaml: &str,
+        extra_yaml: &str,
+        policy: &[(&str, &str)],
+    ) -> Cleanpipe {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_owned();
         std::fs::create_dir_all(dir.join("policy")).expect("policy dir");
         for (name, text) in policy {
             std::fs::write(dir.join("policy").join(name), text).expect("policy file");
         }
-        let ip = fresh_ip();
         let config = format!(
             "listen:\n  dns: [\"{ip}:5300\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8, \"::1/128\"]\nresolver:\n{resolver_yaml}\npolicy:\n  dir: policy\n  allowlists: {}\n  reload_debounce_ms: 100\nadmin:\n  listen: \"{ip}:8053\"\n  token: {TOKEN}\nstate:\n  path: state.sqlite\nsinkhole:\n  ipv4: [{ip}]\n  ipv6: [\"2001:db8::1\"]\nweb:\n  listen: [\"{ip}:8080\"]\n  isp_name: Example ISP\n  support_phone: \"+32 2 555 00 00\"\n  support_url: https://support.isp.example/\n  self_release_hours: 24\n  self_release_max: 2\n{extra_yaml}",
             repo_allowlists().display()
@@ -509,4 +518,101 @@ pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
         std::thread::sleep(Duration::from_millis(25));
     }
     None
+}
+
+/// A Knot DNS primary server (Debian package `knot`) serving one zone with a TSIG key and
+/// sending NOTIFY to `notify` on every change.
+pub struct Knot {
+    child: Child,
+    dir: tempfile::TempDir,
+    zone: String,
+}
+
+/// TSIG secret shared by the test primary and cleanpipe (base64).
+pub const TSIG_SECRET: &str = "Y2xlYW5waXBlLXRlc3QtdHNpZy1zZWNyZXQtMzJieXQ=";
+
+impl Knot {
+    /// Starts knotd for `zone` with `text`; `None` (with a printed reason) when knotd is missing,
+    /// a panic with `CLEANPIPE_REQUIRE_KNOT=1` (set by CI).
+    pub fn start(addr: SocketAddr, zone: &str, text: &str, notify: SocketAddr) -> Option<Knot> {
+        if !Path::new("/usr/sbin/knotd").exists() {
+            let why = "needs knotd (apt-get install knot)";
+            if std::env::var_os("CLEANPIPE_REQUIRE_KNOT").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().display().to_string();
+        std::fs::write(dir.path().join("zone.rpz"), text).expect("zone file");
+        let conf = format!(
+            "server:\n  listen: {ip}@{port}\n  rundir: {d}\n  user: root:root\n\
+control:\n  listen: {d}/knot.sock\n\
+log:\n  - target: {d}/knot.log\n    any: info\n\
+database:\n  storage: {d}\n\
+key:\n  - id: xfr-key\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
+remote:\n  - id: cleanpipe\n    address: {nip}@{nport}\n    via: {ip}\n\
+acl:\n  - id: xfr\n    key: xfr-key\n    action: transfer\n\
+zone:\n  - domain: {zone}\n    file: {d}/zone.rpz\n    notify: cleanpipe\n    acl: xfr\n    zonefile-load: difference\n    journal-content: changes\n    semantic-checks: off\n    zonefile-sync: -1\n",
+            ip = addr.ip(),
+            port = addr.port(),
+            nip = notify.ip(),
+            nport = notify.port(),
+        );
+        std::fs::write(dir.path().join("knot.conf"), conf).expect("knot conf");
+        let child = Command::new("/usr/sbin/knotd")
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("knotd starts");
+        let k = Knot {
+            child,
+            dir,
+            zone: zone.to_owned(),
+        };
+        let ok = within(Duration::from_secs(10), || {
+            k.knotc(&["zone-status", zone]).is_ok()
+        });
+        assert!(ok.is_some(), "knotd did not start; log:\n{}", k.log());
+        Some(k)
+    }
+
+    fn knotc(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("knotc")
+            .arg("-c")
+            .arg(self.dir.path().join("knot.conf"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Replaces the zone file and reloads it: Knot computes the difference (served by IXFR)
+    /// and sends NOTIFY.
+    pub fn update(&self, text: &str) {
+        std::fs::write(self.dir.path().join("zone.rpz"), text).expect("zone file");
+        self.knotc(&["zone-reload", &self.zone])
+            .unwrap_or_else(|e| panic!("knotc zone-reload: {e}\n{}", self.log()));
+    }
+
+    /// Knot's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
