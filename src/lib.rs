@@ -10,6 +10,7 @@
 //! - [`store`]: the current snapshot, reloads (read → compile → swap, or keep the old one).
 //! - [`watch`]: file watcher that triggers reloads.
 //! - [`state`]: durable runtime state (admin changes, self-releases, detections) in SQLite.
+//! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
 //! - [`dns`]: the DNS front end: identify client → decide → resolve or synthesize → respond.
@@ -18,6 +19,7 @@
 //! - [`xfr`]: threat feeds kept current by AXFR/IXFR with TSIG and NOTIFY.
 //! - [`server`]: wires everything together for `cleanpipe serve`.
 
+pub mod alerts;
 pub mod config;
 pub mod detect;
 pub mod dns;

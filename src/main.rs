@@ -97,6 +97,23 @@ enum Command {
         /// Profile (e.g. clean-pipe, kids).
         profile: String,
     },
+    /// Organisation alerts (admin API).
+    Alerts {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        what: AlertsCmd,
+    },
+    /// Give a revoked organisation its whitelisting back (admin API).
+    Reinstate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Organisation id.
+        org: String,
+        /// Why (required, audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Remove a customer's enrolment (admin API).
     Unenrol {
         #[command(flatten)]
@@ -112,6 +129,43 @@ enum AllowlistCmd {
     List,
     /// Profiles and the number of services in each.
     Profiles,
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// List alerts.
+    List {
+        /// Only this organisation.
+        #[arg(long)]
+        org: Option<String>,
+        /// Only this state (open, acknowledged, resolved, overdue).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Acknowledge an alert (the organisation is working on it).
+    Ack {
+        /// Alert id.
+        id: i64,
+        /// Note for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Mark an alert resolved (the host was cleaned).
+    Resolve {
+        /// Alert id.
+        id: i64,
+        /// Note for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reopen a resolved or overdue alert.
+    Reopen {
+        /// Alert id.
+        id: i64,
+        /// Note for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -399,6 +453,25 @@ fn main() -> ExitCode {
             Some(serde_json::json!({"prefix": prefix, "profile": profile})),
         )
         .map(|_| ExitCode::SUCCESS),
+        Command::Alerts { config, what } => match what {
+            AlertsCmd::List { org, state } => {
+                let mut q = Vec::new();
+                if let Some(o) = org {
+                    q.push(format!("org={}", encode(o)));
+                }
+                if let Some(s) = state {
+                    q.push(format!("state={}", encode(s)));
+                }
+                admin_call(config, "GET", &format!("/v1/alerts?{}", q.join("&")), None)
+            }
+            AlertsCmd::Ack { id, reason } => admin_call(config, "POST", &format!("/v1/alerts/{id}/acknowledge"), Some(serde_json::json!({"reason": reason}))),
+            AlertsCmd::Resolve { id, reason } => admin_call(config, "POST", &format!("/v1/alerts/{id}/resolve"), Some(serde_json::json!({"reason": reason}))),
+            AlertsCmd::Reopen { id, reason } => admin_call(config, "POST", &format!("/v1/alerts/{id}/reopen"), Some(serde_json::json!({"reason": reason}))),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Reinstate { config, org, reason } => {
+            admin_call(config, "POST", &format!("/v1/organisations/{}/reinstate", encode(org)), Some(serde_json::json!({"reason": reason}))).map(|_| ExitCode::SUCCESS)
+        }
         Command::Unenrol { config, prefix } => {
             admin_call(config, "DELETE", &format!("/v1/enrolments?prefix={}", encode(prefix)), None).map(|_| ExitCode::SUCCESS)
         }

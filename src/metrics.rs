@@ -33,6 +33,16 @@ pub const DETECTIONS: &str = "cleanpipe_botnet_detections_total";
 pub const FEED_TRANSFERS: &str = "cleanpipe_feed_transfers_total";
 /// Feed transfers that failed (the last good copy is kept).
 pub const FEED_TRANSFER_FAILURES: &str = "cleanpipe_feed_transfer_failures_total";
+/// Organisation alerts opened.
+pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
+/// Organisation alerts resolved by an operator.
+pub const ALERTS_RESOLVED: &str = "cleanpipe_alerts_resolved_total";
+/// Alerts still open at their deadline.
+pub const ALERTS_OVERDUE: &str = "cleanpipe_alerts_overdue_total";
+/// Organisations whose whitelisting was revoked.
+pub const REVOCATIONS: &str = "cleanpipe_organisation_revocations_total";
+/// Webhook delivery attempts, by `result` (ok, failed).
+pub const DELIVERIES: &str = "cleanpipe_alert_deliveries_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
 
@@ -68,6 +78,14 @@ pub fn describe() {
         FEED_TRANSFER_FAILURES,
         "Feed zone transfers that failed (last good copy kept)"
     );
+    metrics::describe_counter!(ALERTS_OPENED, "Organisation alerts opened");
+    metrics::describe_counter!(ALERTS_RESOLVED, "Organisation alerts resolved");
+    metrics::describe_counter!(
+        ALERTS_OVERDUE,
+        "Organisation alerts still open at their deadline"
+    );
+    metrics::describe_counter!(REVOCATIONS, "Organisations whose whitelisting was revoked");
+    metrics::describe_counter!(DELIVERIES, "Alert webhook delivery attempts, by result");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
 }
 

@@ -97,6 +97,16 @@ pub async fn serve(
             &config.detection,
         ));
     }
+    let engine = Arc::new(
+        crate::alerts::AlertEngine::new(
+            store.clone(),
+            config.alerts.clone(),
+            Arc::new(crate::alerts::SystemClock),
+        )
+        .map_err(|e| ServeError::Task(format!("alert delivery client: {e}")))?,
+    );
+    let alert_task = tokio::spawn(engine.clone().run());
+    handler = handler.with_alerts(engine.clone());
     let notifier = crate::xfr::spawn(store.clone()).map_err(|e| ServeError::Task(e.to_string()))?;
     if !notifier.is_empty() {
         handler = handler.with_notifier(notifier);
@@ -120,6 +130,7 @@ pub async fn serve(
                 token,
                 ready: ready.clone(),
                 metrics,
+                alerts: Some(engine.clone()),
             });
             Some(tokio::spawn(async move {
                 let r = axum::serve(listener, app)
@@ -205,6 +216,7 @@ pub async fn serve(
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    alert_task.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,7 +49,99 @@ const MIGRATIONS: &[&str] = &[
         ip TEXT NOT NULL, feed TEXT NOT NULL, family TEXT NOT NULL, qname TEXT NOT NULL,
         at INTEGER NOT NULL);
      CREATE INDEX detections_prefix ON detections (prefix, at);",
+    // 4: organisation alerts, their delivery outbox, revocations.
+    "CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL,
+        prefix TEXT NOT NULL, signature TEXT NOT NULL, source TEXT NOT NULL,
+        first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, sightings INTEGER NOT NULL,
+        deadline INTEGER NOT NULL, state TEXT NOT NULL, reminders_sent INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+     CREATE UNIQUE INDEX alerts_active ON alerts (org, prefix, signature)
+        WHERE state IN ('open', 'acknowledged');
+     CREATE INDEX alerts_state ON alerts (state, deadline);
+     CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id INTEGER, event TEXT NOT NULL,
+        url TEXT NOT NULL, secret TEXT, body TEXT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL,
+        delivered_at INTEGER, last_error TEXT);
+     CREATE INDEX outbox_due ON outbox (delivered_at, next_attempt);
+     CREATE TABLE revocations (id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL,
+        at INTEGER NOT NULL, alert_id INTEGER, reason TEXT NOT NULL,
+        reinstated_at INTEGER, reinstated_by TEXT, reinstate_reason TEXT);",
 ];
+
+/// An organisation alert as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlertRow {
+    /// Identifier.
+    pub id: i64,
+    /// Organisation id.
+    pub org: String,
+    /// Infected host (prefix).
+    pub prefix: String,
+    /// Malware family / signature.
+    pub signature: String,
+    /// Who reported it.
+    pub source: String,
+    /// Unix seconds.
+    pub first_seen: i64,
+    /// Unix seconds.
+    pub last_seen: i64,
+    /// DNS sightings and repeated reports.
+    pub sightings: i64,
+    /// Unix seconds: cleanup deadline.
+    pub deadline: i64,
+    /// `open`, `acknowledged`, `resolved`, `overdue`.
+    pub state: String,
+    /// Bit i set: reminder i sent.
+    pub reminders_sent: i64,
+}
+
+/// A webhook delivery waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Identifier.
+    pub id: i64,
+    /// Event name.
+    pub event: String,
+    /// Target URL.
+    pub url: String,
+    /// HMAC secret.
+    pub secret: Option<String>,
+    /// JSON body.
+    pub body: String,
+    /// Stable idempotency key.
+    pub idempotency_key: String,
+    /// Attempts so far.
+    pub attempts: i64,
+}
+
+/// A delivery to enqueue with an alert change.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Event name.
+    pub event: String,
+    /// Target URL.
+    pub url: String,
+    /// HMAC secret.
+    pub secret: Option<String>,
+}
+
+const ALERT_COLUMNS: &str = "id, org, prefix, signature, source, first_seen, last_seen, sightings, deadline, state, reminders_sent";
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: r.get(0)?,
+        org: r.get(1)?,
+        prefix: r.get(2)?,
+        signature: r.get(3)?,
+        source: r.get(4)?,
+        first_seen: r.get(5)?,
+        last_seen: r.get(6)?,
+        sightings: r.get(7)?,
+        deadline: r.get(8)?,
+        state: r.get(9)?,
+        reminders_sent: r.get(10)?,
+    })
+}
 
 /// The state database.
 pub struct StateDb {
@@ -290,6 +382,306 @@ impl StateDb {
         })
     }
 
+    /// Opens an alert for an infected host of a whitelisted organisation, or updates the open
+    /// one (one per organisation, host and signature). A report already covered by a resolved
+    /// alert is not reopened. The deliveries of a new alert are queued in the same transaction,
+    /// so an accepted alert is never lost. Returns the alert and whether it is new.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert_alert(
+        &self,
+        org: &str,
+        prefix: IpNet,
+        signature: &str,
+        source: &str,
+        first_seen: i64,
+        grace_secs: i64,
+        now: i64,
+        deliveries: &dyn Fn(&AlertRow) -> Vec<(Delivery, String)>,
+    ) -> Result<Option<(AlertRow, bool)>, StateError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let p = Prefix(prefix).to_string();
+            let active = tx
+                .query_row(
+                    &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE org = ?1 AND prefix = ?2 AND signature = ?3 AND state IN ('open','acknowledged')"),
+                    params![org, p, signature],
+                    alert_row,
+                )
+                .optional()?;
+            if let Some(a) = active {
+                if first_seen > a.last_seen {
+                    tx.execute(
+                        "UPDATE alerts SET last_seen = ?1, sightings = sightings + 1, updated_at = ?2 WHERE id = ?3",
+                        params![first_seen, now, a.id],
+                    )?;
+                }
+                tx.commit()?;
+                return Ok(Some((a, false)));
+            }
+            let handled: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM alerts WHERE org = ?1 AND prefix = ?2 AND signature = ?3 AND first_seen >= ?4)",
+                params![org, p, signature, first_seen],
+                |r| r.get(0),
+            )?;
+            if handled {
+                tx.commit()?;
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO alerts (org, prefix, signature, source, first_seen, last_seen, sightings, deadline, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, 'open', ?7, ?7)",
+                params![org, p, signature, source, first_seen, first_seen + grace_secs, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            let row = tx.query_row(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"), params![id], alert_row)?;
+            for (d, body) in deliveries(&row) {
+                Self::enqueue(&tx, Some(id), &d, &body, now)?;
+            }
+            Self::audit(&tx, "alerting", "alert-open", &format!("#{id} {org} {p} {signature}"))?;
+            tx.commit()?;
+            Ok(Some((row, true)))
+        })
+    }
+
+    fn enqueue(
+        tx: &rusqlite::Transaction<'_>,
+        alert: Option<i64>,
+        d: &Delivery,
+        body: &str,
+        now: i64,
+    ) -> Result<(), StateError> {
+        // The idempotency key names the event, not the attempt: retries and restarts reuse it.
+        let key = format!(
+            "{}-{}-{:032x}",
+            d.event,
+            alert.unwrap_or(0),
+            rand::random::<u128>()
+        );
+        tx.execute(
+            "INSERT INTO outbox (alert_id, event, url, secret, body, idempotency_key, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![alert, d.event, d.url, d.secret, body.replace("{idempotency_key}", &key), key, now],
+        )?;
+        Ok(())
+    }
+
+    /// Queues deliveries not tied to a new alert (reminders, revocations), with an audit entry.
+    pub fn enqueue_all(
+        &self,
+        alert: Option<i64>,
+        items: &[(Delivery, String)],
+        now: i64,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (d, body) in items {
+                Self::enqueue(&tx, alert, d, body, now)?;
+            }
+            Self::audit(&tx, "alerting", action, detail)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Records a DNS sighting of an alerted host: last seen and the counter of the active alert.
+    pub fn touch_alert(&self, org: &str, prefix: IpNet, now: i64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE alerts SET last_seen = MAX(last_seen, ?1), sightings = sightings + 1, updated_at = ?1
+                 WHERE org = ?2 AND prefix = ?3 AND state IN ('open','acknowledged')",
+                params![now, org, Prefix(prefix).to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Alerts, newest first, optionally filtered by organisation and state.
+    pub fn alerts(
+        &self,
+        org: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<AlertRow>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR org = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT 10000"
+            ))?;
+            let rows = st.query_map(params![org, state], alert_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: i64) -> Result<Option<AlertRow>, StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
+                params![id],
+                alert_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Moves an alert to `to` if it is in one of `from`; returns whether it moved.
+    pub fn transition(
+        &self,
+        id: i64,
+        from: &[&str],
+        to: &str,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let state: Option<String> = tx
+                .query_row("SELECT state FROM alerts WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(state) = state.filter(|s| from.contains(&s.as_str())) else {
+                return Ok(false);
+            };
+            tx.execute(
+                "UPDATE alerts SET state = ?1, updated_at = ?2 WHERE id = ?3",
+                params![to, now, id],
+            )?;
+            Self::audit(
+                &tx,
+                actor,
+                &format!("alert-{to}"),
+                &format!("#{id} {state} -> {to}: {reason}"),
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    /// Marks reminder `bit` as sent.
+    pub fn mark_reminder(&self, id: i64, bit: u32) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE alerts SET reminders_sent = reminders_sent | ?1 WHERE id = ?2",
+                params![1i64 << bit, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Revokes an organisation's whitelisting (if not already revoked).
+    pub fn revoke(
+        &self,
+        org: &str,
+        alert: Option<i64>,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let already: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM revocations WHERE org = ?1 AND reinstated_at IS NULL)",
+                params![org],
+                |r| r.get(0),
+            )?;
+            if already {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO revocations (org, at, alert_id, reason) VALUES (?1, ?2, ?3, ?4)",
+                params![org, now, alert, reason],
+            )?;
+            Self::audit(&tx, "alerting", "revoke", &format!("{org}: {reason}"))?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    /// Reinstates a revoked organisation; returns whether it was revoked.
+    pub fn reinstate(
+        &self,
+        org: &str,
+        actor: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE revocations SET reinstated_at = ?1, reinstated_by = ?2, reinstate_reason = ?3 WHERE org = ?4 AND reinstated_at IS NULL",
+                params![now, actor, reason, org],
+            )?;
+            if n > 0 {
+                Self::audit(&tx, actor, "reinstate", &format!("{org}: {reason}"))?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Missed deadlines per organisation since `since`.
+    pub fn strikes(&self, since: i64) -> Result<Vec<(String, i64)>, StateError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT org, COUNT(*) FROM revocations WHERE at >= ?1 GROUP BY org")?;
+            let rows = st.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Deliveries due at `now`.
+    pub fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, event, url, secret, body, idempotency_key, attempts FROM outbox
+                 WHERE delivered_at IS NULL AND next_attempt <= ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![now, limit as i64], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    event: r.get(1)?,
+                    url: r.get(2)?,
+                    secret: r.get(3)?,
+                    body: r.get(4)?,
+                    idempotency_key: r.get(5)?,
+                    attempts: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Records a delivery attempt: delivered, or failed with the next attempt time.
+    pub fn delivery_result(
+        &self,
+        id: i64,
+        now: i64,
+        error: Option<&str>,
+        next_attempt: i64,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            match error {
+                None => c.execute("UPDATE outbox SET delivered_at = ?1, attempts = attempts + 1, last_error = NULL WHERE id = ?2", params![now, id])?,
+                Some(e) => c.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1, next_attempt = ?2 WHERE id = ?3",
+                    params![e, next_attempt, id],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    /// Deliveries still waiting (for status and metrics).
+    pub fn pending_deliveries(&self) -> Result<i64, StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// Self-releases of `prefix` made since `window_start`.
     pub fn releases_since(&self, prefix: IpNet, window_start: i64) -> Result<u32, StateError> {
         self.with(|c| {
@@ -340,6 +732,10 @@ impl StateDb {
             let mut st = c.prepare("SELECT prefix FROM unenrolled")?;
             for row in st.query_map([], |r| r.get::<_, String>(0))? {
                 o.unenrolled.push(prefix(&row?)?.0);
+            }
+            let mut st = c.prepare("SELECT DISTINCT org FROM revocations WHERE reinstated_at IS NULL")?;
+            for row in st.query_map([], |r| r.get::<_, String>(0))? {
+                o.revoked.push(row?);
             }
             let now = Utc::now().timestamp();
             let mut st = c.prepare("SELECT prefix, at, until FROM releases WHERE until > ?1 ORDER BY at")?;

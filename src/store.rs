@@ -104,6 +104,7 @@ pub struct PolicyStore {
     status: Mutex<ReloadStatus>,
     reload_lock: Mutex<()>,
     feeds: Vec<FeedConfig>,
+    strike_window_days: u32,
     /// Compiled file feeds by name, with the file's identity when parsed: a reload reparses
     /// only feeds whose file changed.
     feed_cache: Mutex<HashMap<String, (FileStamp, Arc<RpzZone>)>>,
@@ -167,6 +168,7 @@ impl PolicyStore {
             status: Mutex::new(ReloadStatus::default()),
             reload_lock: Mutex::new(()),
             feeds: config.feeds.clone(),
+            strike_window_days: config.alerts.strike_window_days,
             feed_cache: Mutex::new(HashMap::new()),
             transferred: Mutex::new(HashMap::new()),
         };
@@ -228,6 +230,11 @@ impl PolicyStore {
             .unwrap_or_else(|p| p.into_inner())
             .get(feed)
             .cloned()
+    }
+
+    /// Days over which missed deadlines count as strikes.
+    pub fn strike_window_days(&self) -> u32 {
+        self.strike_window_days
     }
 
     /// The configured feeds.

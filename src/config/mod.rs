@@ -88,6 +88,66 @@ pub struct Config {
     /// Automatic detection of infected subscribers from botnet feeds.
     #[serde(default)]
     pub detection: DetectionConfig,
+    /// Alerts to whitelisted organisations and the CERT.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `alerts:` — organisation alerting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The CERT's webhook, which receives every alert event. Default: none.
+    #[serde(default)]
+    pub cert_webhook: Option<String>,
+    /// HMAC secret for the CERT webhook. Default: `CLEANPIPE_CERT_SECRET` from the environment.
+    #[serde(default)]
+    pub cert_secret: Option<String>,
+    /// Reminders, in percent of the grace period elapsed. Default: `[50, 90]`.
+    #[serde(default = "default_reminders")]
+    pub reminders: Vec<u8>,
+    /// Missed deadlines are counted as strikes over this many days. Default: 365.
+    #[serde(default = "default_strike_days")]
+    pub strike_window_days: u32,
+    /// Seconds between checks of deadlines and the delivery outbox. Default: 5.
+    #[serde(default = "default_tick")]
+    pub tick_secs: u64,
+    /// Seconds a webhook call may take. Default: 10.
+    #[serde(default = "default_webhook_timeout")]
+    pub webhook_timeout_secs: u64,
+    /// Longest wait between delivery retries, in seconds. Default: 3600.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+fn default_reminders() -> Vec<u8> {
+    vec![50, 90]
+}
+fn default_strike_days() -> u32 {
+    365
+}
+fn default_tick() -> u64 {
+    5
+}
+fn default_webhook_timeout() -> u64 {
+    10
+}
+fn default_max_backoff() -> u64 {
+    3600
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            cert_webhook: None,
+            cert_secret: None,
+            reminders: default_reminders(),
+            strike_window_days: default_strike_days(),
+            tick_secs: default_tick(),
+            webhook_timeout_secs: default_webhook_timeout(),
+            max_backoff_secs: default_max_backoff(),
+        }
+    }
 }
 
 /// What a feed's matches do, overriding the zone's own actions (as BIND's `policy`).

@@ -39,6 +39,7 @@ pub struct DnsHandler {
     inflight: Arc<AtomicUsize>,
     detector: Option<crate::detect::Detector>,
     notifier: Option<crate::xfr::Notifier>,
+    alerts: Option<Arc<crate::alerts::AlertEngine>>,
 }
 
 /// A response before encoding.
@@ -98,7 +99,14 @@ impl DnsHandler {
             inflight: Arc::new(AtomicUsize::new(0)),
             detector: None,
             notifier: None,
+            alerts: None,
         }
+    }
+
+    /// Records DNS sightings of hosts with an open organisation alert.
+    pub fn with_alerts(mut self, a: Arc<crate::alerts::AlertEngine>) -> Self {
+        self.alerts = Some(a);
+        self
     }
 
     /// Accepts NOTIFY for transferred feeds from their primaries.
@@ -173,6 +181,11 @@ impl DnsHandler {
                 metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
                 tracing::info!(feed = %f.name, client = %request.src().ip(), name = %question.name.to_text(), "log-only feed matched");
             }
+        }
+        if let (Reason::OrganisationAlert { organisation, .. }, Some(a)) =
+            (decision.reason, &self.alerts)
+        {
+            a.sighting(organisation, request.src().ip());
         }
         if let Reason::ThreatFeed { feed, rule, .. } = decision.reason {
             if let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector) {

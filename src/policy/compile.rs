@@ -408,6 +408,13 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
     for l in files {
         let fi = b.file(&l.file);
         for (line, e) in &l.entries {
+            if !(e.grace_hours > 0.0 && e.grace_hours.is_finite()) {
+                b.err(
+                    &l.file,
+                    *line,
+                    format!("organisation `{}`: grace_hours must be above 0", e.id),
+                );
+            }
             if !ids.insert(e.id.clone()) {
                 b.err(
                     &l.file,

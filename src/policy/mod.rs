@@ -80,7 +80,7 @@ pub struct Organisation {
     /// Contacts.
     pub contacts: Vec<sources::Contact>,
     /// Grace period in hours.
-    pub grace_hours: u32,
+    pub grace_hours: f64,
     /// Standing (a revocation recorded at runtime overrides the file).
     pub standing: Standing,
     /// Where it was declared.
@@ -321,6 +321,11 @@ impl Snapshot {
                 .enumerate()
                 .find_map(|(i, f)| f.zone.match_client(ip).map(|r| (i as u16, r))),
         }
+    }
+
+    /// The whitelisted organisation whose networks contain `ip`.
+    pub fn organisation_of(&self, ip: IpAddr) -> Option<u32> {
+        self.org_nets.longest_match(ip).map(|(_, i)| *i)
     }
 
     /// An interned string.

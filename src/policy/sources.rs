@@ -162,9 +162,12 @@ pub struct Contact {
     /// Phone number for urgent cases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
-    /// Webhook URL that receives alerts.
+    /// Webhook URL that receives alerts (https in production).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Shared secret for the webhook's `X-Cleanpipe-Signature` HMAC-SHA256 header.
+    #[serde(default, skip_serializing)]
+    pub webhook_secret: Option<String>,
 }
 
 /// A whitelisted organisation.
@@ -180,16 +183,17 @@ pub struct OrganisationEntry {
     /// Who receives alerts.
     #[serde(default)]
     pub contacts: Vec<Contact>,
-    /// Hours it has to clean an infected host before losing its whitelisting. Default: 72.
+    /// Hours it has to clean an infected host before losing its whitelisting (fractions allowed,
+    /// e.g. for drills). Default: 72.
     #[serde(default = "default_grace_hours")]
-    pub grace_hours: u32,
+    pub grace_hours: f64,
     /// `good` (default) or `revoked`.
     #[serde(default = "default_standing")]
     pub standing: Standing,
 }
 
-fn default_grace_hours() -> u32 {
-    72
+fn default_grace_hours() -> f64 {
+    72.0
 }
 fn default_standing() -> Standing {
     Standing::Good

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Prometheus renderer.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The alerting engine (its clock and state).
+    pub alerts: Option<Arc<crate::alerts::AlertEngine>>,
 }
 
 /// The admin router.
@@ -50,6 +52,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/enrolments", post(enrol).delete(unenrol))
         .route("/v1/explain", get(explain_query))
         .route("/v1/audit", get(audit))
+        .route("/v1/alerts", get(list_alerts))
+        .route("/v1/alerts/{id}/{action}", post(alert_action))
+        .route("/v1/organisations/{id}/reinstate", post(reinstate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/ready", get(ready))
@@ -157,8 +162,13 @@ async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
 async fn status(State(s): State<AdminState>) -> ApiResult {
     let snap = s.store.snapshot();
     let now = Utc::now().timestamp();
+    let st = s.store.state().clone();
+    let window = i64::from(s.store.strike_window_days()) * 86_400;
+    let (strikes, pending) =
+        blocking(move || Ok((st.strikes(now - window)?, st.pending_deliveries()?))).await?;
     Ok(Json(json!({
         "generation": snap.generation,
+        "pending_deliveries": pending,
         "reload": s.store.status(),
         "counts": snap.counts(),
         "mode": snap.mode,
@@ -167,6 +177,7 @@ async fn status(State(s): State<AdminState>) -> ApiResult {
         "profiles": snap.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "organisations": snap.organisations.iter().map(|o| json!({
             "id": o.id, "name": o.name, "standing": o.standing, "grace_hours": o.grace_hours,
+            "strikes": strikes.iter().find(|(id, _)| *id == o.id).map_or(0, |(_, n)| *n),
         })).collect::<Vec<_>>(),
     })))
 }
@@ -381,4 +392,93 @@ async fn audit(State(s): State<AdminState>) -> ApiResult {
         .into_iter()
         .map(|(at, actor, action, detail)| json!({"at": at, "actor": actor, "action": action, "detail": detail}))
         .collect::<Vec<_>>())))
+}
+
+/// `?org=&state=` of the alert list.
+#[derive(Deserialize)]
+struct AlertFilter {
+    #[serde(default)]
+    org: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn list_alerts(State(s): State<AdminState>, Query(f): Query<AlertFilter>) -> ApiResult {
+    let st = s.store.state().clone();
+    let rows = blocking(move || st.alerts(f.org.as_deref(), f.state.as_deref())).await?;
+    Ok(Json(json!(rows)))
+}
+
+/// Body of lifecycle calls.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn alert_action(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, action)): Path<(i64, String)>,
+    body: Option<Json<ReasonBody>>,
+) -> ApiResult {
+    let reason = body.map(|b| b.0.reason).unwrap_or_default();
+    let (from, to): (&'static [&'static str], &'static str) = match action.as_str() {
+        "acknowledge" => (&["open"], "acknowledged"),
+        "resolve" => (&["open", "acknowledged", "overdue"], "resolved"),
+        "reopen" => (&["resolved", "overdue"], "open"),
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action `{other}` (acknowledge, resolve, reopen)"),
+            ));
+        }
+    };
+    let now = s
+        .alerts
+        .as_ref()
+        .map_or_else(|| Utc::now().timestamp(), |a| a.now());
+    let st = s.store.state().clone();
+    let moved = blocking(move || st.transition(id, from, to, &actor, &reason, now)).await?;
+    if !moved {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("alert #{id} does not exist or cannot be {to} from its state"),
+        ));
+    }
+    if to == "resolved" {
+        metrics::counter!(crate::metrics::ALERTS_RESOLVED).increment(1);
+    }
+    let st = s.store.state().clone();
+    let row = blocking(move || st.alert(id)).await?;
+    Ok(Json(json!(row)))
+}
+
+async fn reinstate(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(org): Path<String>,
+    Json(b): Json<ReasonBody>,
+) -> ApiResult {
+    if b.reason.trim().is_empty() {
+        return Err(bad("a reason is required to reinstate an organisation"));
+    }
+    let now = s
+        .alerts
+        .as_ref()
+        .map_or_else(|| Utc::now().timestamp(), |a| a.now());
+    let st = s.store.state().clone();
+    let o = org.clone();
+    let done = blocking(move || st.reinstate(&o, &actor, &b.reason, now)).await?;
+    if !done {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("organisation `{org}` is not revoked"),
+        ));
+    }
+    let generation = reload_now(&s.store).await?;
+    Ok(Json(
+        json!({ "generation": generation, "organisation": org, "standing": "good" }),
+    ))
 }

@@ -216,14 +216,26 @@ fn botnet_lookup_quarantines_the_subscriber() {
     );
     let d = dig(cp.dns, Some(c), "c2.evil.example", "A", &[]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
-    // The next, unrelated lookup lands on the cleanup page.
+    // Flagging is asynchronous (evidence written, policy rebuilt): wait for it through the
+    // admin API, which sends nothing upstream, then the next unrelated lookup lands on the
+    // cleanup page.
     let flagged = support::within(Duration::from_secs(3), || {
-        addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)) == vec![cp.sink()]
+        let (_, e) = cp.admin(
+            "GET",
+            "/v1/explain?client=127.0.0.90&name=other.feed.example",
+            None,
+        );
+        e["reason"] == "quarantined"
     });
     assert!(
         flagged.is_some(),
         "subscriber not quarantined; log:\n{}",
         cp.log()
+    );
+    eprintln!("flagged {flagged:?} after the C2 lookup");
+    assert_eq!(
+        addresses(&query(cp.dns, c, "other.feed.example.", RecordType::A)),
+        vec![cp.sink()]
     );
     assert_eq!(up.count("other.feed.example", RecordType::A), 0);
     // The cleanup page names the family from the feed's TXT record; evidence is durable.

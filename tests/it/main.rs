@@ -2,6 +2,7 @@
 
 mod support;
 
+mod alerts;
 mod allowlists;
 mod feeds;
 mod page;

@@ -329,7 +329,8 @@ fn duplicate_owned_domain_across_services_is_rejected() {
 #[test]
 fn row2_self_release_lifts_quarantine_until_it_ends_or_a_newer_report() {
     let mut o = Overrides::default();
-    // 192.0.2.66 was reported 2026-11-20T08:00Z (1_795_248_000) and released an hour later for a day.
+    // 192.0.2.66 was reported 2026-11-20T08:00Z (1_795_161_600) and released on 2026-11-21T09:00Z
+    // for a day.
     let at = 1_795_251_600;
     o.released
         .push(("192.0.2.66/32".parse().expect("net"), at, at + 86_400));

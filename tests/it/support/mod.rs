@@ -1,6 +1,7 @@
 //! Test support: a private internet on loopback, a running `cleanpipe` binary, DNS clients.
 
 pub mod auth;
+pub mod webhook;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ impl Internet {
 static INTERNET: OnceLock<Result<Internet, String>> = OnceLock::new();
 
 /// Runs `f` on a background runtime that lives as long as the test binary.
-fn background() -> &'static tokio::runtime::Handle {
+pub fn background() -> &'static tokio::runtime::Handle {
     static RT: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     RT.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -298,6 +299,14 @@ impl Cleanpipe {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("cleanpipe not ready within 20 s; log:\n{}", self.log());
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
