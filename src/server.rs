@@ -175,10 +175,10 @@ pub async fn serve(
     let mut dirs = vec![config.policy.allowlists.clone()];
     dirs.extend(config.policy.dir.clone());
     for f in &config.feeds {
-        if let Some(parent) = f.file.as_ref().and_then(|p| p.parent()) {
-            if !dirs.iter().any(|d| d == parent) {
-                dirs.push(parent.to_owned());
-            }
+        if let Some(parent) = f.file.as_ref().and_then(|p| p.parent())
+            && !dirs.iter().any(|d| d == parent)
+        {
+            dirs.push(parent.to_owned());
         }
     }
     let watcher = crate::watch::watch(

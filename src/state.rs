@@ -370,18 +370,6 @@ impl StateDb {
         })
     }
 
-    /// Evidence recorded for a prefix: `(ip, feed, family, qname, at)`, newest first.
-    pub fn detections(
-        &self,
-        prefix: IpNet,
-    ) -> Result<Vec<(String, String, String, String, i64)>, StateError> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT ip, feed, family, qname, at FROM detections WHERE prefix = ?1 ORDER BY id DESC")?;
-            let rows = st.query_map(params![Prefix(prefix).to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
     /// Opens an alert for an infected host of a whitelisted organisation, or updates the open
     /// one (one per organisation, host and signature). A report already covered by a resolved
     /// alert is not reopened. The deliveries of a new alert are queued in the same transaction,

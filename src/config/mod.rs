@@ -764,16 +764,16 @@ impl Config {
                     )));
                 }
             }
-            if let Some(t) = &f.tsig {
-                if !matches!(
+            if let Some(t) = &f.tsig
+                && !matches!(
                     t.algorithm.as_str(),
                     "hmac-sha256" | "hmac-sha384" | "hmac-sha512"
-                ) {
-                    return Err(invalid(format!(
-                        "feeds[{i}].tsig.algorithm: `{}` is not supported",
-                        t.algorithm
-                    )));
-                }
+                )
+            {
+                return Err(invalid(format!(
+                    "feeds[{i}].tsig.algorithm: `{}` is not supported",
+                    t.algorithm
+                )));
             }
         }
         if self.detection.ipv6_prefix_len > 128 {

@@ -176,29 +176,28 @@ impl DnsHandler {
         )
         .increment(1);
         let ede = decision.reason.ede_for(snap);
-        if let Some(i) = decision.logged {
-            if let Some(f) = snap.feeds.get(i as usize) {
-                metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
-                tracing::info!(feed = %f.name, client = %request.src().ip(), name = %question.name.to_text(), "log-only feed matched");
-            }
+        if let Some(i) = decision.logged
+            && let Some(f) = snap.feeds.get(i as usize)
+        {
+            metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
+            tracing::info!(feed = %f.name, client = %request.src().ip(), name = %question.name.to_text(), "log-only feed matched");
         }
         if let (Reason::OrganisationAlert { organisation, .. }, Some(a)) =
             (decision.reason, &self.alerts)
         {
             a.sighting(organisation, request.src().ip());
         }
-        if let Reason::ThreatFeed { feed, rule, .. } = decision.reason {
-            if let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector) {
-                if f.botnet {
-                    detector.report(
-                        request.src().ip(),
-                        &client,
-                        &f.name,
-                        f.family_of(&rule),
-                        &question.name.to_text(),
-                    );
-                }
-            }
+        if let Reason::ThreatFeed { feed, rule, .. } = decision.reason
+            && let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector)
+            && f.botnet
+        {
+            detector.report(
+                request.src().ip(),
+                &client,
+                &f.name,
+                f.family_of(&rule),
+                &question.name.to_text(),
+            );
         }
 
         let mut reply = match decision.action {

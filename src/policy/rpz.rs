@@ -249,6 +249,9 @@ fn unquote(t: &str) -> String {
         .replace("\\\"", "\"")
 }
 
+/// Per owner while parsing: first line, local data, action, family.
+type Pending = (u32, Vec<LocalRecord>, Option<RpzAction>, Option<String>);
+
 /// Parses an RPZ zone. `origin` is the zone's name (from configuration or the transfer); when
 /// `None`, the first `$ORIGIN` or SOA owner is used.
 pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Vec<PolicyError>> {
@@ -260,10 +263,7 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
     let mut last_owner = String::new();
     let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
     // Local data accumulates per owner; actions per owner are resolved at the end.
-    let mut pending: rustc_hash::FxHashMap<
-        String,
-        (u32, Vec<LocalRecord>, Option<RpzAction>, Option<String>),
-    > = Default::default();
+    let mut pending: rustc_hash::FxHashMap<String, Pending> = Default::default();
     let mut order: Vec<String> = Vec::new();
     let mut broken: rustc_hash::FxHashSet<String> = Default::default();
     let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {

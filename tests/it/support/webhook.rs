@@ -33,8 +33,6 @@ struct Shared {
 
 /// A running receiver.
 pub struct Receiver {
-    /// Its address.
-    pub addr: SocketAddr,
     shared: Shared,
 }
 
@@ -80,7 +78,7 @@ impl Receiver {
         super::background().spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, shared }
+        Receiver { shared }
     }
 
     /// Fails the next `n` requests with 500.
