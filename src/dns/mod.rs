@@ -249,17 +249,7 @@ impl DnsHandler {
                     Some(target) => {
                         let ttl = snap.sinkhole.ttl;
                         drop(current);
-                        let resolved = self.resolver.resolve(&target, qtype).await;
-                        let mut answers = vec![Record::from_rdata(
-                            name.clone(),
-                            ttl,
-                            RData::CNAME(CNAME(target)),
-                        )];
-                        answers.extend(resolved.answers);
-                        Reply {
-                            authorities: resolved.authorities,
-                            ..Reply::records(resolved.rcode, answers)
-                        }
+                        self.alias(&name, target, qtype, ttl).await
                     }
                     None => Reply::error(ResponseCode::ServFail),
                 }
@@ -275,6 +265,22 @@ impl DnsHandler {
 }
 
 impl DnsHandler {
+    /// `name CNAME target` (synthesized, `ttl`) followed by the resolved target: safe-search
+    /// rewrites and RPZ local-data aliases.
+    async fn alias(&self, name: &Name, target: Name, qtype: RecordType, ttl: u32) -> Reply {
+        let resolved = self.resolver.resolve(&target, qtype).await;
+        let mut answers = vec![Record::from_rdata(
+            name.clone(),
+            ttl,
+            RData::CNAME(CNAME(target)),
+        )];
+        answers.extend(resolved.answers);
+        Reply {
+            authorities: resolved.authorities,
+            ..Reply::records(resolved.rcode, answers)
+        }
+    }
+
     /// An answer from RPZ local data: records of the asked type, or a CNAME (followed).
     async fn local_data(
         &self,
@@ -301,19 +307,7 @@ impl DnsHandler {
             _ => None,
         });
         match cname {
-            Some(target) => {
-                let resolved = self.resolver.resolve(&target, qtype).await;
-                let mut answers = vec![Record::from_rdata(
-                    name.clone(),
-                    ttl,
-                    RData::CNAME(CNAME(target)),
-                )];
-                answers.extend(resolved.answers);
-                Reply {
-                    authorities: resolved.authorities,
-                    ..Reply::records(resolved.rcode, answers)
-                }
-            }
+            Some(target) => self.alias(name, target, qtype, ttl).await,
             None => Reply::error(ResponseCode::NoError),
         }
     }
