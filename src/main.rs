@@ -25,7 +25,7 @@ struct Cli {
 struct ConfigArg {
     /// Configuration file. Default: the embedded quick-start configuration (paths relative to
     /// the current directory).
-    #[arg(long, short, env = "CLEANPIPE_CONFIG")]
+    #[arg(long, short, env = "CLEANPIPE_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 

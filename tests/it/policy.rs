@@ -307,3 +307,97 @@ fn check_and_explain_commands() {
         "every error with file and line: {err}"
     );
 }
+
+#[test]
+fn cli_admin_commands_drive_the_running_service() {
+    let (_up, cp) = setup(7, &[]);
+    let bin = env!("CARGO_BIN_EXE_cleanpipe");
+    let config = cp.dir.join("cleanpipe.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("cli runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "flag",
+        "127.0.0.70",
+        "--family",
+        "Mirai",
+        "--ticket",
+        "T-70",
+    ]);
+    assert_eq!(
+        addresses(&query(
+            cp.dns,
+            ip("127.0.0.70"),
+            "a.pol.example.",
+            RecordType::A
+        )),
+        vec![cp.sink()]
+    );
+    run(&["enrol", "127.0.0.71", "clean-pipe"]);
+    assert_eq!(
+        query(cp.dns, ip("127.0.0.71"), "a.pol.example.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    run(&["mode", "trusted-only", "--reason", "drill"]);
+    let m = query(cp.dns, ip("127.0.0.72"), "a.pol.example.", RecordType::A);
+    assert_eq!(
+        (m.metadata.response_code, ede(&m)),
+        (ResponseCode::NXDomain, Some(15))
+    );
+    let status = run(&["status"]);
+    assert!(
+        status.contains("\"trusted_only_in_force\":true"),
+        "{status}"
+    );
+    run(&["mode", "clear", "--reason", "drill over"]);
+    run(&["unflag", "127.0.0.70", "--reason", "cleaned"]);
+    run(&["unenrol", "127.0.0.71"]);
+    for c in ["127.0.0.70", "127.0.0.71", "127.0.0.72"] {
+        assert_eq!(
+            addresses(&query(cp.dns, ip(c), "a.pol.example.", RecordType::A)),
+            vec!["198.51.100.7"],
+            "{c} back to normal"
+        );
+    }
+    // Without the token the CLI fails clearly.
+    let cfg = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        cp.dir.join("notoken.yaml"),
+        cfg.replace(&format!("token: {}", support::TOKEN), "token: wrong"),
+    )
+    .expect("write");
+    let out = Command::new(bin)
+        .args(["status", "--config"])
+        .arg(cp.dir.join("notoken.yaml"))
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // Decisions are counted by action and reason.
+    let (_, metrics) =
+        cleanpipe::web::client::call(cp.admin, "GET", "/metrics", None, None).expect("metrics");
+    assert!(
+        metrics.contains("cleanpipe_decisions_total{action=\"sinkhole\",reason=\"quarantined\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "cleanpipe_decisions_total{action=\"nxdomain\",reason=\"global_trusted_blocked\"} 1"
+        ),
+        "{metrics}"
+    );
+}
