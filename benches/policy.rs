@@ -54,7 +54,57 @@ fn build(src: &SourceSet) -> Snapshot {
     compile(src, &Overrides::default(), &options()).expect("bench policy compiles")
 }
 
+/// A `n`-name RPZ zone, as a CERT feed export would look.
+fn rpz_text(n: usize) -> String {
+    let mut z = String::with_capacity(n * 40);
+    z.push_str("$ORIGIN big.rpz.example.\n@ SOA ns.rpz.example. hostmaster.rpz.example. 1 3600 600 86400 300\n");
+    for i in 0..n {
+        z.push_str(&format!("c2-{i}.botnet-{}.example CNAME .\n", i % 997));
+    }
+    z
+}
+
+fn sizes() {
+    // Resident memory per entry, each structure alone (free memory returned to the system
+    // first, as the server does after every reload).
+    cleanpipe::store::release_free_memory();
+    let mut infected = SourceSet::default();
+    infected.policy_files.push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
+    let input = infected.policy_files[0].1.len() as u64;
+    cleanpipe::store::release_free_memory();
+    // The input text is resident before and gone after: add it back.
+    let before = rss_bytes().saturating_sub(input);
+    let t = std::time::Instant::now();
+    let snap = compile(&infected, &Overrides::default(), &options()).expect("compiles");
+    let took = t.elapsed();
+    drop(infected);
+    cleanpipe::store::release_free_memory();
+    let after = rss_bytes();
+    eprintln!(
+        "1M infected prefixes (CSV, 3/4 IPv4 /32, 1/4 IPv6 /56): compiled in {:.0} ms, resident +{:.0} B per entry",
+        took.as_secs_f64() * 1e3,
+        after.saturating_sub(before) as f64 / snap.infections.len() as f64
+    );
+    drop(snap);
+    let text = rpz_text(1_000_000);
+    let input = text.len() as u64;
+    cleanpipe::store::release_free_memory();
+    let before = rss_bytes().saturating_sub(input);
+    let t = std::time::Instant::now();
+    let zone = cleanpipe::policy::rpz::parse("big.rpz", &text, None).expect("parses");
+    let took = t.elapsed();
+    drop(text);
+    cleanpipe::store::release_free_memory();
+    let after = rss_bytes();
+    eprintln!(
+        "1M-name RPZ feed: parsed in {:.0} ms, resident +{:.0} B per name",
+        took.as_secs_f64() * 1e3,
+        after.saturating_sub(before) as f64 / zone.len() as f64
+    );
+}
+
 fn benches(c: &mut Criterion) {
+    sizes();
     let src = sources();
     let before = rss_bytes();
     let snap = build(&src);
@@ -134,6 +184,39 @@ fn benches(c: &mut Criterion) {
             i = i.wrapping_add(1);
             black_box(cache.get(black_box(&clients[i % clients.len()])))
         })
+    });
+
+    let zone = cleanpipe::policy::rpz::parse("big.rpz", &rpz_text(1_000_000), None).expect("parses");
+    let feed_names: Vec<cleanpipe::policy::QName> = ["c2-77.botnet-77.example", "www.example.org", "a.b.c.botnet-5.example"]
+        .iter()
+        .map(|n| cleanpipe::policy::QName::new(n).expect("name"))
+        .collect();
+    g.bench_function("RPZ QNAME match (1M-name feed)", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(zone.match_qname(black_box(&feed_names[i % feed_names.len()])))
+        })
+    });
+    let cache = cleanpipe::resolve::cache::AnswerCache::new(&cleanpipe::config::CacheConfig::default());
+    let name = hickory_proto::rr::Name::from_ascii("www.example.org.").expect("name");
+    let key = cleanpipe::resolve::cache::CacheKey::new(&name, RecordType::A);
+    let answer = cleanpipe::resolve::Answer {
+        rcode: hickory_proto::op::ResponseCode::NoError,
+        answers: vec![hickory_proto::rr::Record::from_rdata(name.clone(), 300, hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)))],
+        authorities: Vec::new(),
+    };
+    cache.insert(key.clone(), &answer);
+    g.bench_function("answer-cache hit (key + lookup + TTL-adjusted copy)", |b| {
+        b.iter(|| black_box(cache.get(&cleanpipe::resolve::cache::CacheKey::new(black_box(&name), RecordType::A))))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10);
+    g.bench_function("1M-name RPZ feed", |b| {
+        let text = rpz_text(1_000_000);
+        b.iter(|| black_box(cleanpipe::policy::rpz::parse("big.rpz", &text, None).expect("parses")))
     });
     g.finish();
 

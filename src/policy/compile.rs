@@ -530,6 +530,9 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
             );
             return;
         }
+        if let Some(t) = &e.ticket {
+            b.snap.tickets.insert(idx, t.as_str().into());
+        }
         let family = b.intern(&e.family);
         let source = b.intern(&e.source);
         b.snap.infections.push(Infection {
@@ -537,7 +540,6 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
             family,
             source,
             first_seen: unix(&e.first_seen),
-            ticket: e.ticket.as_deref().map(Into::into),
             origin: Origin { file: fi, line },
         });
     };

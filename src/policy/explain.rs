@@ -51,9 +51,9 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
     if !client.served {
         details.push(format!("client {ip} is not in clients.allow"));
     }
-    if let Some(i) = client
+    if let Some((idx, i)) = client
         .infection
-        .and_then(|i| snap.infections.get(i as usize))
+        .and_then(|i| snap.infections.get(i as usize).map(|inf| (i, inf)))
     {
         details.push(format!(
             "infected: {} family {} reported by {} first seen {}{} ({})",
@@ -61,8 +61,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             snap.string(i.family),
             snap.string(i.source),
             when(i.first_seen),
-            i.ticket
-                .as_deref()
+            snap.ticket(idx)
                 .map(|t| format!(" ticket {t}"))
                 .unwrap_or_default(),
             snap.origin_text(i.origin)

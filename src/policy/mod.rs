@@ -47,8 +47,6 @@ pub struct Infection {
     pub source: u32,
     /// Unix seconds.
     pub first_seen: i64,
-    /// Ticket reference.
-    pub ticket: Option<Box<str>>,
     /// Where it was declared.
     pub origin: Origin,
 }
@@ -272,8 +270,10 @@ pub struct Snapshot {
     pub strings: Vec<Box<str>>,
     pub(crate) acl: PrefixMap<()>,
     pub(crate) infected: PrefixMap<u32>,
-    /// Infected subscribers.
+    /// Infected subscribers (kept small: a million of them is normal).
     pub infections: Vec<Infection>,
+    /// Ticket references by infection index (most feed entries have none).
+    pub tickets: rustc_hash::FxHashMap<u32, Box<str>>,
     pub(crate) enrolled: PrefixMap<u32>,
     /// Trusted-zone enrolments.
     pub enrolments: Vec<Enrolment>,
@@ -326,6 +326,11 @@ impl Snapshot {
     /// The whitelisted organisation whose networks contain `ip`.
     pub fn organisation_of(&self, ip: IpAddr) -> Option<u32> {
         self.org_nets.longest_match(ip).map(|(_, i)| *i)
+    }
+
+    /// The ticket reference of an infection.
+    pub fn ticket(&self, infection: u32) -> Option<&str> {
+        self.tickets.get(&infection).map(|t| &**t)
     }
 
     /// An interned string.

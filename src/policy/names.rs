@@ -193,6 +193,138 @@ impl<V> NameMap<V> {
     }
 }
 
+/// A compact exact-name table for very large sets (a million feed names): every name is stored
+/// once in one byte arena, values in a dense vector, and the hash index holds only 32-bit entry
+/// numbers. About a third of the memory of a map with one heap string per name.
+#[derive(Debug, Clone)]
+pub struct NameTable<V> {
+    arena: Vec<u8>,
+    entries: Vec<(u32, u8, V)>,
+    index: hashbrown::HashTable<u32>,
+}
+
+impl<V> Default for NameTable<V> {
+    fn default() -> Self {
+        Self {
+            arena: Vec::new(),
+            entries: Vec::new(),
+            index: hashbrown::HashTable::new(),
+        }
+    }
+}
+
+fn fx(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    h.finish()
+}
+
+impl<V> NameTable<V> {
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn name(&self, i: u32) -> &[u8] {
+        let (off, len, _) = &self.entries[i as usize];
+        &self.arena[*off as usize..*off as usize + *len as usize]
+    }
+
+    /// The value of exactly this normalised name.
+    pub fn get(&self, name: &[u8]) -> Option<&V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let i = self.index.find(fx(name), |&i| self.name(i) == name)?;
+        self.entries.get(*i as usize).map(|e| &e.2)
+    }
+
+    /// The value of `name`, inserted with `default()` first if missing. Names longer than 255
+    /// bytes cannot be valid DNS names and are rejected with `None`.
+    pub fn entry_or(&mut self, name: &[u8], default: impl FnOnce() -> V) -> Option<&mut V> {
+        let len = u8::try_from(name.len()).ok()?;
+        let h = fx(name);
+        let found = {
+            let (arena, entries) = (&self.arena, &self.entries);
+            self.index
+                .find(h, |&i| {
+                    let (off, l, _) = &entries[i as usize];
+                    &arena[*off as usize..*off as usize + *l as usize] == name
+                })
+                .copied()
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let i = u32::try_from(self.entries.len()).ok()?;
+                let off = u32::try_from(self.arena.len()).ok()?;
+                self.arena.extend_from_slice(name);
+                self.entries.push((off, len, default()));
+                let (arena, entries) = (&self.arena, &self.entries);
+                self.index.insert_unique(h, i, |&j| {
+                    let (off, l, _) = &entries[j as usize];
+                    fx(&arena[*off as usize..*off as usize + *l as usize])
+                });
+                i
+            }
+        };
+        self.entries.get_mut(i as usize).map(|e| &mut e.2)
+    }
+
+    /// Every name and value, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &V)> {
+        self.entries
+            .iter()
+            .map(|(off, len, v)| (&self.arena[*off as usize..*off as usize + *len as usize], v))
+    }
+
+    /// The same names with converted values (the index is kept as is).
+    pub fn map_values<W>(self, mut f: impl FnMut(V) -> W) -> NameTable<W> {
+        NameTable {
+            arena: self.arena,
+            entries: self.entries.into_iter().map(|(o, l, v)| (o, l, f(v))).collect(),
+            index: self.index,
+        }
+    }
+
+    /// Releases spare capacity after a bulk load.
+    pub fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+        self.entries.shrink_to_fit();
+        let (arena, entries) = (&self.arena, &self.entries);
+        self.index.shrink_to_fit(|&j| {
+            let (off, l, _) = &entries[j as usize];
+            fx(&arena[*off as usize..*off as usize + *l as usize])
+        });
+    }
+}
+
+/// Checks a lowercase name without the trailing dot (as RPZ owners are after parsing).
+pub fn validate(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("`{name}` is not a valid DNS name (length)"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'*');
+        if !ok {
+            return Err(format!("`{name}` is not a valid DNS name (label `{label}`)"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +382,21 @@ mod tests {
         let labels: [&[u8]; 3] = [b"WwW", b"Example", b"org"];
         let n = QName::from_labels(labels.into_iter()).expect("fits");
         assert_eq!(n.as_bytes(), b"www.example.org");
+    }
+
+    #[test]
+    fn name_table_stores_each_name_once() {
+        let mut t: NameTable<u32> = NameTable::default();
+        *t.entry_or(b"a.example", || 0).expect("fits") += 1;
+        *t.entry_or(b"b.example", || 10).expect("fits") += 1;
+        *t.entry_or(b"a.example", || 0).expect("fits") += 1;
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(b"a.example"), Some(&2));
+        assert_eq!(t.get(b"b.example"), Some(&11));
+        assert_eq!(t.get(b"c.example"), None);
+        let t = t.map_values(|v| v * 2);
+        assert_eq!(t.get(b"b.example"), Some(&22));
+        assert!(NameTable::<()>::default().entry_or(&[b'a'; 300], || ()).is_none());
     }
 
     #[test]

@@ -15,7 +15,11 @@ use rustc_hash::FxHashMap;
 #[derive(Debug, Clone)]
 pub struct PrefixMap<V> {
     v4: Vec<(u8, FxHashMap<u32, V>)>,
-    v6: Vec<(u8, FxHashMap<u128, V>)>,
+    /// IPv6 prefixes up to /64 (subscriber delegations): keyed by the upper 64 bits, half the
+    /// memory of a 128-bit key.
+    v6: Vec<(u8, FxHashMap<u64, V>)>,
+    /// IPv6 prefixes longer than /64.
+    v6_long: Vec<(u8, FxHashMap<u128, V>)>,
     len: usize,
 }
 
@@ -24,6 +28,7 @@ impl<V> Default for PrefixMap<V> {
         Self {
             v4: Vec::new(),
             v6: Vec::new(),
+            v6_long: Vec::new(),
             len: 0,
         }
     }
@@ -43,6 +48,11 @@ fn mask6(addr: u128, len: u8) -> u128 {
     } else {
         addr & (u128::MAX << (128 - u32::from(len)))
     }
+}
+
+/// Upper 64 bits of a masked IPv6 prefix of length ≤ 64.
+fn key6(addr: u128, len: u8) -> u64 {
+    (mask6(addr, len) >> 64) as u64
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, seen on dual-stack sockets) is the IPv4 client.
@@ -77,9 +87,10 @@ impl<V> PrefixMap<V> {
                 let key = mask4(u32::from(n.addr()), len);
                 slot(&mut self.v4, len).insert(key, value)
             }
+            IpNet::V6(n) if len <= 64 => slot(&mut self.v6, len).insert(key6(u128::from(n.addr()), len), value),
             IpNet::V6(n) => {
                 let key = mask6(u128::from(n.addr()), len);
-                slot(&mut self.v6, len).insert(key, value)
+                slot(&mut self.v6_long, len).insert(key, value)
             }
         };
         if old.is_none() {
@@ -97,8 +108,13 @@ impl<V> PrefixMap<V> {
                 .iter_mut()
                 .find(|(l, _)| *l == len)
                 .and_then(|(_, m)| m.remove(&mask4(u32::from(n.addr()), len))),
-            IpNet::V6(n) => self
+            IpNet::V6(n) if len <= 64 => self
                 .v6
+                .iter_mut()
+                .find(|(l, _)| *l == len)
+                .and_then(|(_, m)| m.remove(&key6(u128::from(n.addr()), len))),
+            IpNet::V6(n) => self
+                .v6_long
                 .iter_mut()
                 .find(|(l, _)| *l == len)
                 .and_then(|(_, m)| m.remove(&mask6(u128::from(n.addr()), len))),
@@ -118,8 +134,13 @@ impl<V> PrefixMap<V> {
                 .iter()
                 .find(|(l, _)| *l == len)
                 .and_then(|(_, m)| m.get(&mask4(u32::from(n.addr()), len))),
-            IpNet::V6(n) => self
+            IpNet::V6(n) if len <= 64 => self
                 .v6
+                .iter()
+                .find(|(l, _)| *l == len)
+                .and_then(|(_, m)| m.get(&key6(u128::from(n.addr()), len))),
+            IpNet::V6(n) => self
+                .v6_long
                 .iter()
                 .find(|(l, _)| *l == len)
                 .and_then(|(_, m)| m.get(&mask6(u128::from(n.addr()), len))),
@@ -137,9 +158,14 @@ impl<V> PrefixMap<V> {
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.v6
+                self.v6_long
                     .iter()
                     .find_map(|(len, m)| m.get(&mask6(a, *len)).map(|v| (*len, v)))
+                    .or_else(|| {
+                        self.v6
+                            .iter()
+                            .find_map(|(len, m)| m.get(&key6(a, *len)).map(|v| (*len, v)))
+                    })
             }
         }
     }
@@ -165,18 +191,26 @@ impl<V> PrefixMap<V> {
         });
         let v6 = self.v6.iter().flat_map(|(len, m)| {
             m.iter().filter_map(move |(k, v)| {
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(u128::from(*k) << 64), *len)
+                    .ok()
+                    .map(|n| (IpNet::V6(n), v))
+            })
+        });
+        let v6_long = self.v6_long.iter().flat_map(|(len, m)| {
+            m.iter().filter_map(move |(k, v)| {
                 ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(*k), *len)
                     .ok()
                     .map(|n| (IpNet::V6(n), v))
             })
         });
-        v4.chain(v6)
+        v4.chain(v6).chain(v6_long)
     }
 
     /// Releases spare capacity after a bulk load.
     pub fn shrink_to_fit(&mut self) {
         self.v4.iter_mut().for_each(|(_, m)| m.shrink_to_fit());
         self.v6.iter_mut().for_each(|(_, m)| m.shrink_to_fit());
+        self.v6_long.iter_mut().for_each(|(_, m)| m.shrink_to_fit());
     }
 }
 
@@ -228,6 +262,24 @@ mod tests {
         assert_eq!(m.longest_match(ip("2001:db8:1234:56ff::9")), Some((56, &2)));
         assert_eq!(m.longest_match(ip("2001:db8:1234:5700::9")), Some((40, &1)));
         assert_eq!(m.longest_match(ip("2001:db9::1")), None);
+    }
+
+    #[test]
+    fn short_and_long_ipv6_prefixes_nest() {
+        let mut m = PrefixMap::new();
+        m.insert(net("2001:db8:1:100::/56"), "delegation");
+        m.insert(net("2001:db8:1:100::/64"), "lan");
+        m.insert(net("2001:db8:1:100::7/128"), "host");
+        m.insert(net("::/0"), "all");
+        assert_eq!(m.longest_match(ip("2001:db8:1:100::7")), Some((128, &"host")));
+        assert_eq!(m.longest_match(ip("2001:db8:1:100::8")), Some((64, &"lan")));
+        assert_eq!(m.longest_match(ip("2001:db8:1:1ff::8")), Some((56, &"delegation")));
+        assert_eq!(m.longest_match(ip("2001:db9::1")), Some((0, &"all")));
+        let mut nets: Vec<String> = m.iter().map(|(n, _)| n.to_string()).collect();
+        nets.sort();
+        assert_eq!(nets, vec!["2001:db8:1:100::/56", "2001:db8:1:100::/64", "2001:db8:1:100::7/128", "::/0"]);
+        assert_eq!(m.remove(net("2001:db8:1:100::/64")), Some("lan"));
+        assert_eq!(m.get_exact(net("2001:db8:1:100::/56")), Some(&"delegation"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use super::names::{NameMap, QName, normalise};
+use super::names::{NameTable, QName, normalise, validate};
 use super::prefix::PrefixMap;
 use super::sources::PolicyError;
 
@@ -77,8 +77,8 @@ pub struct RpzZone {
     pub origin: String,
     /// SOA serial (0 when the zone has no SOA).
     pub serial: u32,
-    exact: NameMap<Rule>,
-    wildcard: NameMap<Rule>,
+    exact: NameTable<Rule>,
+    wildcard: NameTable<Rule>,
     client_ip: PrefixMap<Rule>,
     /// Local data sets.
     pub local: Vec<Vec<LocalRecord>>,
@@ -117,7 +117,7 @@ impl RpzZone {
     /// The rule for a query name: an exact trigger, else the closest wildcard (`*.example.com`
     /// covers names below `example.com`, not `example.com` itself).
     pub fn match_qname(&self, q: &QName) -> Option<Rule> {
-        if let Some(r) = self.exact.get_exact(q) {
+        if let Some(r) = self.exact.get(q.as_bytes()).filter(|r| r.action != METADATA) {
             return Some(*r);
         }
         if self.wildcard.is_empty() {
@@ -125,7 +125,7 @@ impl RpzZone {
         }
         q.suffixes()
             .skip(1)
-            .find_map(|s| self.wildcard.map_get(s))
+            .find_map(|s| self.wildcard.get(s).filter(|r| r.action != METADATA))
             .copied()
     }
 
@@ -173,15 +173,16 @@ fn client_ip_trigger(labels: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Splits zone-file text into logical records: `(line, tokens)`, joining parentheses and
-/// dropping comments. Quoted strings stay one token (with their quotes).
-fn records(text: &str) -> impl Iterator<Item = (u32, bool, Vec<String>)> + '_ {
+/// Splits zone-file text into logical records: `(line, owner omitted, tokens)`, joining
+/// parentheses and dropping comments. Tokens borrow from the text; a quoted string is one token
+/// with its quotes.
+fn records(text: &str) -> impl Iterator<Item = (u32, bool, Vec<&str>)> + '_ {
     let mut lines = text.lines().enumerate();
     std::iter::from_fn(move || {
         loop {
             let (i, first) = lines.next()?;
             let starts_blank = first.starts_with([' ', '\t']);
-            let mut tokens = Vec::new();
+            let mut tokens = Vec::with_capacity(4);
             let mut depth = 0i32;
             let mut line = first;
             loop {
@@ -201,40 +202,38 @@ fn records(text: &str) -> impl Iterator<Item = (u32, bool, Vec<String>)> + '_ {
     })
 }
 
-fn tokenize(line: &str, out: &mut Vec<String>, depth: &mut i32) {
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            cur.push(c);
-            if c == '\\' {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
+fn tokenize<'a>(line: &'a str, out: &mut Vec<&'a str>, depth: &mut i32) {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b';' => return,
+            b'(' => {
+                *depth += 1;
+                i += 1;
+            }
+            b')' => {
+                *depth -= 1;
+                i += 1;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
                 }
-            } else if c == '"' {
-                quoted = false;
+                i = (i + 1).min(b.len());
+                out.push(&line[start..i]);
             }
-            continue;
-        }
-        match c {
-            ';' => break,
-            '"' => {
-                quoted = true;
-                cur.push(c);
-            }
-            '(' => *depth += 1,
-            ')' => *depth -= 1,
-            c if c.is_whitespace() => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
+            _ => {
+                let start = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b';' | b'(' | b')' | b'"') {
+                    i += 1;
                 }
+                out.push(&line[start..i]);
             }
-            c => cur.push(c),
         }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
     }
 }
 
@@ -249,23 +248,40 @@ fn unquote(t: &str) -> String {
         .replace("\\\"", "\"")
 }
 
-/// Per owner while parsing: first line, local data, action, family.
-type Pending = (u32, Vec<LocalRecord>, Option<RpzAction>, Option<String>);
+/// A trigger while parsing: its line, action, local data and family.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    line: u32,
+    action: Option<RpzAction>,
+    local: u32,
+    family: u32,
+    broken: bool,
+}
+
+impl Pending {
+    fn new(line: u32) -> Self {
+        Self {
+            line,
+            action: None,
+            local: u32::MAX,
+            family: u32::MAX,
+            broken: false,
+        }
+    }
+}
 
 /// Parses an RPZ zone. `origin` is the zone's name (from configuration or the transfer); when
 /// `None`, the first `$ORIGIN` or SOA owner is used.
 pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Vec<PolicyError>> {
     let mut zone = RpzZone::default();
-    let mut errors = Vec::new();
-    let mut zone_origin: Option<String> =
-        origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
+    let mut errors: Vec<PolicyError> = Vec::new();
+    let mut zone_origin: Option<String> = origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
     let mut current_origin = zone_origin.clone().unwrap_or_default();
-    let mut last_owner = String::new();
+    let mut owner = String::new();
     let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
-    // Local data accumulates per owner; actions per owner are resolved at the end.
-    let mut pending: rustc_hash::FxHashMap<String, Pending> = Default::default();
-    let mut order: Vec<String> = Vec::new();
-    let mut broken: rustc_hash::FxHashSet<String> = Default::default();
+    let mut exact: NameTable<Pending> = NameTable::default();
+    let mut wildcard: NameTable<Pending> = NameTable::default();
+    let mut client: rustc_hash::FxHashMap<String, Pending> = Default::default();
     let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {
         if errors.len() < 100 {
             errors.push(PolicyError::at(file, line as usize, m));
@@ -288,215 +304,201 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
         if tokens[0].starts_with('$') {
             continue; // $TTL, $INCLUDE (not followed: feeds are single files)
         }
-        let mut t = tokens.iter().map(String::as_str).peekable();
-        let owner = if blank_owner {
-            last_owner.clone()
-        } else {
+        let mut t = tokens.iter().copied();
+        if !blank_owner {
             let o = t.next().unwrap_or_default();
-            absolute(o, &current_origin)
-        };
-        last_owner = owner.clone();
-        // [ttl] [class] | [class] [ttl]
-        let mut rtype = None;
-        for tok in t.by_ref() {
-            if tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok) {
-                continue;
-            }
-            rtype = Some(tok.to_ascii_uppercase());
-            break;
+            set_absolute(&mut owner, o, &current_origin);
         }
-        let Some(rtype) = rtype else {
+        // [ttl] [class] | [class] [ttl]
+        let Some(rtype) = t.by_ref().find(|tok| !(tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok))) else {
             err(line, "record without a type".into(), &mut errors);
             continue;
         };
-        let rdata: Vec<&str> = t.collect();
-        if rtype == "SOA" {
+        let first = t.next().unwrap_or("");
+        if rtype.eq_ignore_ascii_case("SOA") {
             if zone_origin.is_none() {
                 zone_origin = Some(owner.clone());
             }
             if current_origin.is_empty() {
                 current_origin = owner.clone();
             }
-            match rdata.get(2).and_then(|s| s.parse::<u32>().ok()) {
+            match t.nth(1).and_then(|s| s.parse::<u32>().ok()) {
                 Some(serial) => zone.serial = serial,
                 None => err(line, "SOA without a serial".into(), &mut errors),
             }
             continue;
         }
         let Some(origin) = zone_origin.as_deref() else {
-            err(
-                line,
-                "record before the zone origin is known (add $ORIGIN or an SOA)".into(),
-                &mut errors,
-            );
+            err(line, "record before the zone origin is known (add $ORIGIN or an SOA)".into(), &mut errors);
             continue;
         };
         let rel = if owner == origin {
-            String::new()
+            ""
         } else if let Some(r) = owner.strip_suffix(origin).and_then(|r| r.strip_suffix('.')) {
-            r.to_owned()
+            r
         } else {
-            err(
-                line,
-                format!("`{owner}` is outside the zone `{origin}`"),
-                &mut errors,
-            );
+            err(line, format!("`{owner}` is outside the zone `{origin}`"), &mut errors);
             continue;
         };
+        let txt = || unquote(&std::iter::once(first).chain(t.clone()).collect::<Vec<_>>().join(" "));
         if rel.is_empty() {
             // Apex: SOA/NS are zone plumbing; a TXT family= names the whole zone's family.
-            if rtype == "TXT" {
-                let txt = unquote(&rdata.join(" "));
-                if let Some(f) = txt.strip_prefix("family=") {
+            if rtype.eq_ignore_ascii_case("TXT") {
+                if let Some(f) = txt().strip_prefix("family=") {
                     zone.zone_family = Some(f.trim().into());
                 }
             }
             continue;
         }
-        let entry = pending.entry(rel.clone()).or_insert_with(|| {
-            order.push(rel.clone());
-            (line, Vec::new(), None, None)
-        });
-        let first = rdata.first().copied().unwrap_or("");
-        let errors_before = errors.len();
-        match rtype.as_str() {
-            "CNAME" => {
-                let target = first.to_ascii_lowercase();
-                let action = match target.as_str() {
-                    "." => Some(RpzAction::NxDomain),
-                    "*." => Some(RpzAction::NoData),
-                    "rpz-passthru." => Some(RpzAction::Passthru),
-                    "rpz-drop." => Some(RpzAction::Drop),
-                    "rpz-tcp-only." => Some(RpzAction::TcpOnly),
-                    "" => {
-                        err(line, "CNAME without a target".into(), &mut errors);
-                        continue;
-                    }
-                    t => {
-                        let abs = absolute(t, &current_origin);
-                        match normalise(&abs) {
-                            Ok(n) => entry.1.push(LocalRecord::Cname(n.into())),
-                            Err(e) => err(line, format!("CNAME target: {e}"), &mut errors),
-                        }
-                        None
-                    }
-                };
-                if action.is_some() {
-                    entry.2 = action;
+        let p: &mut Pending = if rel.ends_with(".rpz-client-ip") {
+            client.entry(rel.to_owned()).or_insert_with(|| Pending::new(line))
+        } else if rel.ends_with(".rpz-ip") || rel.ends_with(".rpz-nsdname") || rel.ends_with(".rpz-nsip") {
+            zone.ignored += 1;
+            continue;
+        } else {
+            let (table, name) = match rel.strip_prefix("*.") {
+                Some(base) => (&mut wildcard, base),
+                None => (&mut exact, rel),
+            };
+            if table.get(name.as_bytes()).is_none() {
+                if let Err(e) = validate(name) {
+                    err(line, format!("trigger: {e}"), &mut errors);
+                    continue;
                 }
             }
+            match table.entry_or(name.as_bytes(), || Pending::new(line)) {
+                Some(p) => p,
+                None => continue,
+            }
+        };
+        let errors_before = errors.len();
+        let mut local = |p: &mut Pending, r: LocalRecord| {
+            if p.local == u32::MAX {
+                p.local = zone.local.len() as u32;
+                zone.local.push(Vec::with_capacity(1));
+            }
+            if let Some(v) = zone.local.get_mut(p.local as usize) {
+                v.push(r);
+            }
+        };
+        match rtype.to_ascii_uppercase().as_str() {
+            "CNAME" => match first.to_ascii_lowercase().as_str() {
+                "." => p.action = Some(RpzAction::NxDomain),
+                "*." => p.action = Some(RpzAction::NoData),
+                "rpz-passthru." => p.action = Some(RpzAction::Passthru),
+                "rpz-drop." => p.action = Some(RpzAction::Drop),
+                "rpz-tcp-only." => p.action = Some(RpzAction::TcpOnly),
+                "" => err(line, "CNAME without a target".into(), &mut errors),
+                target => match normalise(&absolute(target, &current_origin)) {
+                    Ok(n) => local(p, LocalRecord::Cname(n.into())),
+                    Err(e) => err(line, format!("CNAME target: {e}"), &mut errors),
+                },
+            },
             "A" => match first.parse() {
-                Ok(a) => entry.1.push(LocalRecord::A(a)),
+                Ok(a) => local(p, LocalRecord::A(a)),
                 Err(_) => err(line, format!("bad IPv4 address `{first}`"), &mut errors),
             },
             "AAAA" => match first.parse() {
-                Ok(a) => entry.1.push(LocalRecord::Aaaa(a)),
+                Ok(a) => local(p, LocalRecord::Aaaa(a)),
                 Err(_) => err(line, format!("bad IPv6 address `{first}`"), &mut errors),
             },
             "TXT" => {
-                let txt = unquote(&rdata.join(" "));
-                match txt.strip_prefix("family=") {
-                    Some(f) => entry.3 = Some(f.trim().to_owned()),
-                    None => entry.1.push(LocalRecord::Txt(txt.into())),
+                let text = txt();
+                match text.strip_prefix("family=") {
+                    Some(f) => {
+                        let f = f.trim();
+                        let next = zone.families.len() as u32;
+                        let i = *family_index.entry(f.to_owned()).or_insert(next);
+                        if i == next {
+                            zone.families.push(f.into());
+                        }
+                        p.family = i;
+                    }
+                    None => local(p, LocalRecord::Txt(text.into())),
                 }
             }
             "NS" | "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "DS" => {}
-            other => err(
-                line,
-                format!("unsupported RPZ record type {other}"),
-                &mut errors,
-            ),
+            other => err(line, format!("unsupported RPZ record type {other}"), &mut errors),
         }
         if errors.len() > errors_before {
-            broken.insert(rel);
+            p.broken = true;
         }
     }
     let Some(origin) = zone_origin else {
-        errors.push(PolicyError::at(
-            file,
-            0,
-            "no zone origin: add $ORIGIN or an SOA record",
-        ));
+        errors.push(PolicyError::at(file, 0, "no zone origin: add $ORIGIN or an SOA record"));
         return Err(errors);
     };
     zone.origin = origin;
-    for rel in order {
-        let Some((line, local, action, family)) = pending.remove(&rel) else {
-            continue;
-        };
-        if broken.contains(&rel) {
-            continue; // already reported
+
+    // Every trigger needs exactly one kind of answer.
+    let check = |name: &str, p: &Pending, errors: &mut Vec<PolicyError>| {
+        if p.broken {
+            return; // already reported
         }
-        let action = match (action, local.is_empty()) {
-            (Some(a), true) => a,
-            (Some(_), false) => {
-                err(
-                    line,
-                    format!("`{rel}` mixes a policy action with local data"),
-                    &mut errors,
-                );
-                continue;
+        match (p.action, p.local != u32::MAX) {
+            (Some(_), true) => err(p.line, format!("`{name}` mixes a policy action with local data"), errors),
+            (None, false) if p.family == u32::MAX => err(p.line, format!("`{name}` has no action"), errors),
+            _ => {}
+        }
+    };
+    for (name, p) in exact.iter().chain(wildcard.iter()) {
+        check(&String::from_utf8_lossy(name), p, &mut errors);
+    }
+    for (name, p) in &client {
+        check(name, p, &mut errors);
+        match client_ip_trigger(name.trim_end_matches(".rpz-client-ip")) {
+            Ok(net) => {
+                zone.client_ip.insert(net, to_rule(*p));
             }
-            (None, false) => {
-                zone.local.push(local);
-                RpzAction::LocalData((zone.local.len() - 1) as u32)
-            }
-            (None, true) => {
-                if family.is_none() {
-                    err(line, format!("`{rel}` has no action"), &mut errors);
-                }
-                continue;
-            }
-        };
-        let family = match family {
-            Some(f) => *family_index.entry(f.clone()).or_insert_with(|| {
-                zone.families.push(f.into());
-                (zone.families.len() - 1) as u32
-            }),
-            None => u32::MAX,
-        };
-        let rule = Rule {
-            action,
-            family,
-            line,
-        };
-        if let Some(ip) = rel.strip_suffix(".rpz-client-ip") {
-            match client_ip_trigger(ip) {
-                Ok(net) => {
-                    zone.client_ip.insert(net, rule);
-                }
-                Err(e) => err(
-                    line,
-                    format!("rpz-client-ip trigger `{rel}`: {e}"),
-                    &mut errors,
-                ),
-            }
-        } else if rel.ends_with(".rpz-ip")
-            || rel.ends_with(".rpz-nsdname")
-            || rel.ends_with(".rpz-nsip")
-        {
-            zone.ignored += 1;
-        } else if let Some(base) = rel.strip_prefix("*.") {
-            match normalise(base) {
-                Ok(n) => {
-                    zone.wildcard.insert(&n, rule);
-                }
-                Err(e) => err(line, format!("trigger: {e}"), &mut errors),
-            }
-        } else {
-            match normalise(&rel) {
-                Ok(n) => {
-                    zone.exact.insert(&n, rule);
-                }
-                Err(e) => err(line, format!("trigger: {e}"), &mut errors),
+            Err(e) => err(p.line, format!("rpz-client-ip trigger `{name}`: {e}"), &mut errors),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Entries with only a family and no action are metadata, never matched.
+    zone.exact = exact.map_values(to_rule);
+    zone.wildcard = wildcard.map_values(to_rule);
+    zone.exact.shrink_to_fit();
+    zone.wildcard.shrink_to_fit();
+    zone.local.shrink_to_fit();
+    Ok(zone)
+}
+
+/// The "action" of an owner that only carries metadata (a `TXT "family=..."` without a
+/// trigger action): stored so the table needs no second pass, never matched.
+const METADATA: RpzAction = RpzAction::LocalData(u32::MAX);
+
+fn to_rule(p: Pending) -> Rule {
+    Rule {
+        action: match (p.action, p.local) {
+            (Some(a), _) => a,
+            (None, u32::MAX) => METADATA,
+            (None, l) => RpzAction::LocalData(l),
+        },
+        family: p.family,
+        line: p.line,
+    }
+}
+
+/// Writes `name` made absolute against `origin` into `out` (lowercase, no trailing dot).
+fn set_absolute(out: &mut String, name: &str, origin: &str) {
+    out.clear();
+    if name == "@" {
+        out.push_str(origin);
+        return;
+    }
+    match name.strip_suffix('.') {
+        Some(abs) => out.push_str(abs),
+        None => {
+            out.push_str(name);
+            if !origin.is_empty() {
+                out.push('.');
+                out.push_str(origin);
             }
         }
     }
-    if errors.is_empty() {
-        Ok(zone)
-    } else {
-        Err(errors)
-    }
+    out.make_ascii_lowercase();
 }
 
 /// A name made absolute (lowercase, no trailing dot) against `origin`.
@@ -616,6 +618,14 @@ c2.example          TXT \"family=Emotet\"
         assert!(lines.contains(&7), "outside the zone: {errs:?}");
         assert!(lines.contains(&8), "unsupported type: {errs:?}");
         assert!(errs.iter().all(|e| e.file == "feed.rpz"));
+    }
+
+    #[test]
+    fn family_only_owner_is_metadata_not_a_trigger() {
+        let text = "$ORIGIN rpz.example.\n@ SOA ns hm 1 1 1 1 1\nnote.example TXT \"family=Mirai\"\nbad.example CNAME .\n";
+        let z = parse("z", text, None).expect("valid");
+        assert_eq!(z.match_qname(&q("note.example")), None);
+        assert!(z.match_qname(&q("bad.example")).is_some());
     }
 
     #[test]

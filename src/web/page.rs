@@ -335,7 +335,7 @@ fn quarantine_body(
         c.t("field_first_seen"),
         esc(&when(i.first_seen, c.lang)),
     );
-    if let Some(t) = &i.ticket {
+    if let Some(t) = snap.ticket(infection) {
         let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", c.t("field_ticket"), esc(t));
     }
     b.push_str("</dl></section>");
