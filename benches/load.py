@@ -14,7 +14,8 @@ What it does (loopback only, bounded: about 2-4 minutes):
   5. measures latency at a fixed offered load (--fixed-qps) with dnsperf -v;
   6. prints a table: queries/s, lost, server CPU µs per query, latency p50/p99, RSS, and ratios.
 
-Usage: benches/load.sh [--names 10000] [--rounds 3] [--seconds 10] [--infected 0] [--enrolments 0]
+Usage: benches/load.sh [--names 10000] [--rounds 3] [--seconds 10] [--infected 0] [--enrolments 0] [--feed 0]
+Full policy: benches/load.sh --infected 1000000 --enrolments 100000 --feed 1000000
 """
 
 import argparse
@@ -91,6 +92,7 @@ def main():
     ap.add_argument("--fixed-qps", type=int, default=20_000)
     ap.add_argument("--infected", type=int, default=0)
     ap.add_argument("--enrolments", type=int, default=0)
+    ap.add_argument("--feed", type=int, default=0, help="names in an RPZ threat feed loaded by both servers")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/cleanpipe"))
     args = ap.parse_args()
     for t in ("dnsperf", "unbound", "knotd", "dig"):
@@ -133,20 +135,30 @@ def main():
                 for i in range(args.enrolments):
                     a = 0x64400000 + i
                     f.write(f"  - {{prefix: {a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}, profile: kids, enabled_by: x, enabled_at: 2026-11-01T10:00:00Z}}\n")
+        feed_yaml = ""
+        ub_rpz = ""
+        if args.feed:
+            rpz = os.path.join(work, "feed.rpz")
+            with open(rpz, "w") as f:
+                f.write("$ORIGIN feed.rpz.example.\n@ SOA ns.rpz.example. hostmaster.rpz.example. 1 3600 600 86400 300\n@ NS ns.rpz.example.\n")
+                for i in range(args.feed):
+                    f.write(f"c2-{i}.botnet-{i % 997}.example CNAME .\n")
+            feed_yaml = f"feeds:\n  - name: load-feed\n    file: {rpz}\n"
+            ub_rpz = f"rpz:\n  name: feed.rpz.example\n  zonefile: {rpz}\n"
         cp_conf = os.path.join(work, "cleanpipe.yaml")
         with open(cp_conf, "w") as c:
             c.write(f"listen:\n  dns: [\"127.0.0.1:5301\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8]\n"
                     f"resolver:\n  mode: forward\n  forward:\n    - address: {AUTH[0]}\n      port: {AUTH[1]}\n"
                     f"cache:\n  max_entries: 1000000\npolicy:\n  dir: {pol}\n  allowlists: {ROOT}/allowlists\n"
-                    f"admin:\n  listen: null\nstate:\n  path: {work}/state.sqlite\nlog:\n  filter: warn\n")
+                    f"admin:\n  listen: null\nweb:\n  listen: []\nstate:\n  path: {work}/state.sqlite\nlog:\n  filter: warn\n{feed_yaml}")
         ub_conf = os.path.join(work, "unbound.conf")
         with open(ub_conf, "w") as u:
             u.write(f"server:\n  interface: 127.0.0.1@5302\n  num-threads: 2\n  so-reuseport: yes\n"
                     f"  so-rcvbuf: 4m\n  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n"
                     f"  chroot: \"\"\n  username: \"\"\n  directory: \"{work}\"\n  pidfile: \"{work}/unbound.pid\"\n"
                     f"  use-syslog: no\n  verbosity: 0\n  msg-cache-size: 64m\n  rrset-cache-size: 128m\n"
-                    f"  module-config: \"iterator\"\n  qname-minimisation: no\n"
-                    f"forward-zone:\n  name: \"bench.lab\"\n  forward-addr: {AUTH[0]}@{AUTH[1]}\n")
+                    f"  module-config: \"{'respip ' if args.feed else ''}iterator\"\n  qname-minimisation: no\n"
+                    f"forward-zone:\n  name: \"bench.lab\"\n  forward-addr: {AUTH[0]}@{AUTH[1]}\n{ub_rpz}")
         t0 = time.time()
         cp = subprocess.Popen([args.binary, "serve", "--config", cp_conf], stderr=open(os.path.join(work, "cleanpipe.log"), "w"))
         procs.append(cp)
@@ -154,7 +166,7 @@ def main():
         procs.append(ub)
         wait_udp(5302, "n0.bench.lab")
         wait_udp(5301, "n0.bench.lab")
-        print(f"servers answering after {time.time() - t0:.1f}s (cleanpipe policy: {args.infected} infected, {args.enrolments} enrolments)")
+        print(f"servers answering after {time.time() - t0:.1f}s (cleanpipe policy: {args.infected} infected, {args.enrolments} enrolments; feed of {args.feed} names in both)")
 
         # 3. warm caches
         servers = {"cleanpipe": (5301, cp.pid), "unbound": (5302, ub.pid)}

@@ -69,7 +69,9 @@ fn sizes() {
     // first, as the server does after every reload).
     cleanpipe::store::release_free_memory();
     let mut infected = SourceSet::default();
-    infected.policy_files.push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
+    infected
+        .policy_files
+        .push(("infected-feed.csv".into(), fixture::infected_csv(INFECTED)));
     let input = infected.policy_files[0].1.len() as u64;
     cleanpipe::store::release_free_memory();
     // The input text is resident before and gone after: add it back.
@@ -106,17 +108,21 @@ fn sizes() {
 fn benches(c: &mut Criterion) {
     sizes();
     let src = sources();
+    let input: u64 = src.policy_files.iter().map(|(_, t)| t.len() as u64).sum();
+    cleanpipe::store::release_free_memory();
     let before = rss_bytes();
     let snap = build(&src);
+    cleanpipe::store::release_free_memory();
     let after = rss_bytes();
     let counts = snap.counts();
     eprintln!(
-        "snapshot: {} infected, {} enrolments, {} allowlisted names; resident +{:.1} MiB ({:.0} B per infected+enrolment entry)",
+        "snapshot: {} infected, {} enrolments, {} allowlisted names; resident +{:.1} MiB ({:.0} B per infected+enrolment entry; {:.0} MiB of source text kept for the benches)",
         counts.infected,
         counts.enrolments,
         counts.allowlisted_names,
         (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
-        (after.saturating_sub(before)) as f64 / (counts.infected + counts.enrolments) as f64
+        (after.saturating_sub(before)) as f64 / (counts.infected + counts.enrolments) as f64,
+        input as f64 / (1 << 20) as f64
     );
 
     // A mix of clients: infected v4, infected v6, enrolled, unknown.
@@ -186,11 +192,16 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let zone = cleanpipe::policy::rpz::parse("big.rpz", &rpz_text(1_000_000), None).expect("parses");
-    let feed_names: Vec<cleanpipe::policy::QName> = ["c2-77.botnet-77.example", "www.example.org", "a.b.c.botnet-5.example"]
-        .iter()
-        .map(|n| cleanpipe::policy::QName::new(n).expect("name"))
-        .collect();
+    let zone =
+        cleanpipe::policy::rpz::parse("big.rpz", &rpz_text(1_000_000), None).expect("parses");
+    let feed_names: Vec<cleanpipe::policy::QName> = [
+        "c2-77.botnet-77.example",
+        "www.example.org",
+        "a.b.c.botnet-5.example",
+    ]
+    .iter()
+    .map(|n| cleanpipe::policy::QName::new(n).expect("name"))
+    .collect();
     g.bench_function("RPZ QNAME match (1M-name feed)", |b| {
         let mut i = 0usize;
         b.iter(|| {
@@ -198,17 +209,27 @@ fn benches(c: &mut Criterion) {
             black_box(zone.match_qname(black_box(&feed_names[i % feed_names.len()])))
         })
     });
-    let cache = cleanpipe::resolve::cache::AnswerCache::new(&cleanpipe::config::CacheConfig::default());
+    let cache =
+        cleanpipe::resolve::cache::AnswerCache::new(&cleanpipe::config::CacheConfig::default());
     let name = hickory_proto::rr::Name::from_ascii("www.example.org.").expect("name");
     let key = cleanpipe::resolve::cache::CacheKey::new(&name, RecordType::A);
     let answer = cleanpipe::resolve::Answer {
         rcode: hickory_proto::op::ResponseCode::NoError,
-        answers: vec![hickory_proto::rr::Record::from_rdata(name.clone(), 300, hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)))],
+        answers: vec![hickory_proto::rr::Record::from_rdata(
+            name.clone(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        )],
         authorities: Vec::new(),
     };
     cache.insert(key.clone(), &answer);
     g.bench_function("answer-cache hit (key + lookup + TTL-adjusted copy)", |b| {
-        b.iter(|| black_box(cache.get(&cleanpipe::resolve::cache::CacheKey::new(black_box(&name), RecordType::A))))
+        b.iter(|| {
+            black_box(cache.get(&cleanpipe::resolve::cache::CacheKey::new(
+                black_box(&name),
+                RecordType::A,
+            )))
+        })
     });
     g.finish();
 

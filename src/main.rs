@@ -276,18 +276,27 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
         eprintln!("{e}");
         return Ok(ExitCode::FAILURE);
     }
+    let content = match &config.web.content_dir {
+        Some(dir) => cleanpipe::web::content::Content::from_dir(dir),
+        None => cleanpipe::web::content::Content::builtin(),
+    };
+    if let Err(e) = content {
+        eprintln!("web.content_dir: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     match offline_store(&config) {
         Ok(store) => {
             let s = store.snapshot();
             let c = s.counts();
             println!(
-                "ok: {} infected, {} enrolments, {} organisations, {} profiles, {} services, {} allowlisted names, mode {:?}",
+                "ok: {} infected, {} enrolments, {} organisations, {} profiles, {} services, {} allowlisted names, {} feed triggers, mode {:?}",
                 c.infected,
                 c.enrolments,
                 c.organisations,
                 c.profiles,
                 c.services,
                 c.allowlisted_names,
+                c.feed_triggers,
                 s.mode.mode
             );
             Ok(ExitCode::SUCCESS)

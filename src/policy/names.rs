@@ -288,7 +288,11 @@ impl<V> NameTable<V> {
     pub fn map_values<W>(self, mut f: impl FnMut(V) -> W) -> NameTable<W> {
         NameTable {
             arena: self.arena,
-            entries: self.entries.into_iter().map(|(o, l, v)| (o, l, f(v))).collect(),
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(o, l, v)| (o, l, f(v)))
+                .collect(),
             index: self.index,
         }
     }
@@ -319,7 +323,9 @@ pub fn validate(name: &str) -> Result<(), String> {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'*');
         if !ok {
-            return Err(format!("`{name}` is not a valid DNS name (label `{label}`)"));
+            return Err(format!(
+                "`{name}` is not a valid DNS name (label `{label}`)"
+            ));
         }
     }
     Ok(())
@@ -396,7 +402,11 @@ mod tests {
         assert_eq!(t.get(b"c.example"), None);
         let t = t.map_values(|v| v * 2);
         assert_eq!(t.get(b"b.example"), Some(&22));
-        assert!(NameTable::<()>::default().entry_or(&[b'a'; 300], || ()).is_none());
+        assert!(
+            NameTable::<()>::default()
+                .entry_or(&[b'a'; 300], || ())
+                .is_none()
+        );
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl<V> PrefixMap<V> {
                 let key = mask4(u32::from(n.addr()), len);
                 slot(&mut self.v4, len).insert(key, value)
             }
-            IpNet::V6(n) if len <= 64 => slot(&mut self.v6, len).insert(key6(u128::from(n.addr()), len), value),
+            IpNet::V6(n) if len <= 64 => {
+                slot(&mut self.v6, len).insert(key6(u128::from(n.addr()), len), value)
+            }
             IpNet::V6(n) => {
                 let key = mask6(u128::from(n.addr()), len);
                 slot(&mut self.v6_long, len).insert(key, value)
@@ -271,13 +273,27 @@ mod tests {
         m.insert(net("2001:db8:1:100::/64"), "lan");
         m.insert(net("2001:db8:1:100::7/128"), "host");
         m.insert(net("::/0"), "all");
-        assert_eq!(m.longest_match(ip("2001:db8:1:100::7")), Some((128, &"host")));
+        assert_eq!(
+            m.longest_match(ip("2001:db8:1:100::7")),
+            Some((128, &"host"))
+        );
         assert_eq!(m.longest_match(ip("2001:db8:1:100::8")), Some((64, &"lan")));
-        assert_eq!(m.longest_match(ip("2001:db8:1:1ff::8")), Some((56, &"delegation")));
+        assert_eq!(
+            m.longest_match(ip("2001:db8:1:1ff::8")),
+            Some((56, &"delegation"))
+        );
         assert_eq!(m.longest_match(ip("2001:db9::1")), Some((0, &"all")));
         let mut nets: Vec<String> = m.iter().map(|(n, _)| n.to_string()).collect();
         nets.sort();
-        assert_eq!(nets, vec!["2001:db8:1:100::/56", "2001:db8:1:100::/64", "2001:db8:1:100::7/128", "::/0"]);
+        assert_eq!(
+            nets,
+            vec![
+                "2001:db8:1:100::/56",
+                "2001:db8:1:100::/64",
+                "2001:db8:1:100::7/128",
+                "::/0"
+            ]
+        );
         assert_eq!(m.remove(net("2001:db8:1:100::/64")), Some("lan"));
         assert_eq!(m.get_exact(net("2001:db8:1:100::/56")), Some(&"delegation"));
     }

@@ -117,7 +117,11 @@ impl RpzZone {
     /// The rule for a query name: an exact trigger, else the closest wildcard (`*.example.com`
     /// covers names below `example.com`, not `example.com` itself).
     pub fn match_qname(&self, q: &QName) -> Option<Rule> {
-        if let Some(r) = self.exact.get(q.as_bytes()).filter(|r| r.action != METADATA) {
+        if let Some(r) = self
+            .exact
+            .get(q.as_bytes())
+            .filter(|r| r.action != METADATA)
+        {
             return Some(*r);
         }
         if self.wildcard.is_empty() {
@@ -228,7 +232,10 @@ fn tokenize<'a>(line: &'a str, out: &mut Vec<&'a str>, depth: &mut i32) {
             }
             _ => {
                 let start = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b';' | b'(' | b')' | b'"') {
+                while i < b.len()
+                    && !b[i].is_ascii_whitespace()
+                    && !matches!(b[i], b';' | b'(' | b')' | b'"')
+                {
                     i += 1;
                 }
                 out.push(&line[start..i]);
@@ -275,7 +282,8 @@ impl Pending {
 pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Vec<PolicyError>> {
     let mut zone = RpzZone::default();
     let mut errors: Vec<PolicyError> = Vec::new();
-    let mut zone_origin: Option<String> = origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
+    let mut zone_origin: Option<String> =
+        origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
     let mut current_origin = zone_origin.clone().unwrap_or_default();
     let mut owner = String::new();
     let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
@@ -310,7 +318,10 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             set_absolute(&mut owner, o, &current_origin);
         }
         // [ttl] [class] | [class] [ttl]
-        let Some(rtype) = t.by_ref().find(|tok| !(tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok))) else {
+        let Some(rtype) = t
+            .by_ref()
+            .find(|tok| !(tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok)))
+        else {
             err(line, "record without a type".into(), &mut errors);
             continue;
         };
@@ -329,7 +340,11 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             continue;
         }
         let Some(origin) = zone_origin.as_deref() else {
-            err(line, "record before the zone origin is known (add $ORIGIN or an SOA)".into(), &mut errors);
+            err(
+                line,
+                "record before the zone origin is known (add $ORIGIN or an SOA)".into(),
+                &mut errors,
+            );
             continue;
         };
         let rel = if owner == origin {
@@ -337,10 +352,21 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
         } else if let Some(r) = owner.strip_suffix(origin).and_then(|r| r.strip_suffix('.')) {
             r
         } else {
-            err(line, format!("`{owner}` is outside the zone `{origin}`"), &mut errors);
+            err(
+                line,
+                format!("`{owner}` is outside the zone `{origin}`"),
+                &mut errors,
+            );
             continue;
         };
-        let txt = || unquote(&std::iter::once(first).chain(t.clone()).collect::<Vec<_>>().join(" "));
+        let txt = || {
+            unquote(
+                &std::iter::once(first)
+                    .chain(t.clone())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        };
         if rel.is_empty() {
             // Apex: SOA/NS are zone plumbing; a TXT family= names the whole zone's family.
             if rtype.eq_ignore_ascii_case("TXT") {
@@ -351,8 +377,13 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             continue;
         }
         let p: &mut Pending = if rel.ends_with(".rpz-client-ip") {
-            client.entry(rel.to_owned()).or_insert_with(|| Pending::new(line))
-        } else if rel.ends_with(".rpz-ip") || rel.ends_with(".rpz-nsdname") || rel.ends_with(".rpz-nsip") {
+            client
+                .entry(rel.to_owned())
+                .or_insert_with(|| Pending::new(line))
+        } else if rel.ends_with(".rpz-ip")
+            || rel.ends_with(".rpz-nsdname")
+            || rel.ends_with(".rpz-nsip")
+        {
             zone.ignored += 1;
             continue;
         } else {
@@ -418,14 +449,22 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
                 }
             }
             "NS" | "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "DS" => {}
-            other => err(line, format!("unsupported RPZ record type {other}"), &mut errors),
+            other => err(
+                line,
+                format!("unsupported RPZ record type {other}"),
+                &mut errors,
+            ),
         }
         if errors.len() > errors_before {
             p.broken = true;
         }
     }
     let Some(origin) = zone_origin else {
-        errors.push(PolicyError::at(file, 0, "no zone origin: add $ORIGIN or an SOA record"));
+        errors.push(PolicyError::at(
+            file,
+            0,
+            "no zone origin: add $ORIGIN or an SOA record",
+        ));
         return Err(errors);
     };
     zone.origin = origin;
@@ -436,8 +475,14 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             return; // already reported
         }
         match (p.action, p.local != u32::MAX) {
-            (Some(_), true) => err(p.line, format!("`{name}` mixes a policy action with local data"), errors),
-            (None, false) if p.family == u32::MAX => err(p.line, format!("`{name}` has no action"), errors),
+            (Some(_), true) => err(
+                p.line,
+                format!("`{name}` mixes a policy action with local data"),
+                errors,
+            ),
+            (None, false) if p.family == u32::MAX => {
+                err(p.line, format!("`{name}` has no action"), errors)
+            }
             _ => {}
         }
     };
@@ -450,7 +495,11 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
             Ok(net) => {
                 zone.client_ip.insert(net, to_rule(*p));
             }
-            Err(e) => err(p.line, format!("rpz-client-ip trigger `{name}`: {e}"), &mut errors),
+            Err(e) => err(
+                p.line,
+                format!("rpz-client-ip trigger `{name}`: {e}"),
+                &mut errors,
+            ),
         }
     }
     if !errors.is_empty() {
