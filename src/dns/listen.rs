@@ -12,7 +12,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use hickory_proto::op::MessageType;
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::Server;
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol as DnsProtocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
@@ -131,14 +139,19 @@ impl Listeners {
                         }
                     };
                     rt.block_on(async move {
-                        let mut server = Server::new(SharedHandler(handler));
+                        let mut server = Server::new(SharedHandler(handler.clone()));
+                        let mut udp_tasks = Vec::new();
                         for (udp, tcp) in sockets {
                             match (
                                 tokio::net::UdpSocket::from_std(udp),
                                 tokio::net::TcpListener::from_std(tcp),
                             ) {
                                 (Ok(u), Ok(t)) => {
-                                    server.register_socket(u);
+                                    udp_tasks.push(tokio::spawn(udp_loop(
+                                        Arc::new(u),
+                                        handler.clone(),
+                                        stop_rx.clone(),
+                                    )));
                                     server.register_listener(t, idle, 64 * 1024);
                                 }
                                 (Err(e), _) | (_, Err(e)) => {
@@ -147,6 +160,9 @@ impl Listeners {
                             }
                         }
                         let _ = stop_rx.wait_for(|s| *s).await;
+                        for t in udp_tasks {
+                            let _ = t.await;
+                        }
                         if let Err(e) = server.shutdown_gracefully().await {
                             tracing::debug!(error = %e, "listener shutdown");
                         }
@@ -168,6 +184,109 @@ impl Listeners {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// One UDP socket's loop: reads every waiting packet, answers the fast path inline and hands
+/// the rest to a task running the full handler. Stops when `stop` turns true.
+async fn udp_loop(
+    socket: Arc<tokio::net::UdpSocket>,
+    handler: Arc<DnsHandler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(usize::from(super::MAX_UDP_PAYLOAD));
+    let mut cache = super::fast::WireCache::default();
+    loop {
+        tokio::select! {
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "UDP socket failed");
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        loop {
+            let (n, src) = match socket.try_recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive");
+                    break;
+                }
+            };
+            if src.port() == 0 {
+                continue; // cannot be answered
+            }
+            let packet = &buf[..n];
+            if handler.try_fast(packet, src, &mut cache, &mut out) {
+                if socket.try_send_to(&out, src).is_err() {
+                    let _ = socket.send_to(&out, src).await;
+                }
+                continue;
+            }
+            match Request::from_bytes(packet.to_vec(), src, DnsProtocol::Udp) {
+                Ok(request) if request.metadata.message_type == MessageType::Query => {
+                    let (handler, responder) = (
+                        handler.clone(),
+                        UdpResponder {
+                            socket: socket.clone(),
+                            dst: src,
+                        },
+                    );
+                    tokio::spawn(async move {
+                        handler
+                            .handle_request::<UdpResponder, TokioTime>(&request, responder)
+                            .await;
+                    });
+                }
+                Ok(_) => {} // a response: never answered (reflection)
+                Err(_) => {
+                    metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "malformed")
+                        .increment(1);
+                    if let Some(f) = super::fast::formerr(packet) {
+                        let _ = socket.try_send_to(&f, src);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends full-path answers back on the UDP socket the query came in on, truncated to what the
+/// client can take (its EDNS payload, or 512 bytes).
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<tokio::net::UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(|e| NetError::from(e.to_string()))?;
+        self.socket
+            .send_to(&bytes, self.dst)
+            .await
+            .map_err(|e| NetError::from(e.to_string()))?;
+        Ok(info)
     }
 }
 

@@ -6,6 +6,7 @@
 //! 15 Blocked (quarantine, global trusted-only mode), 17 Filtered (opted-in trusted zone),
 //! 18 Prohibited (client network not served). A blocked or refused query never reaches a backend.
 
+pub mod fast;
 pub mod listen;
 
 use std::borrow::Cow;
@@ -264,7 +265,72 @@ impl DnsHandler {
     }
 }
 
+/// The labels of an uncompressed wire-format name.
+fn wire_labels(name: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let len = *name.get(i)? as usize;
+        if len == 0 {
+            return None;
+        }
+        let label = name.get(i + 1..i + 1 + len)?;
+        i += 1 + len;
+        Some(label)
+    })
+}
+
 impl DnsHandler {
+    /// The UDP fast path for one packet (see [`fast`]): `true` when `out` holds the answer.
+    /// Only plain queries whose decision is "resolve normally" and whose answer is cached are
+    /// answered here; everything else returns `false` for the full path.
+    pub fn try_fast(
+        &self,
+        p: &[u8],
+        src: std::net::SocketAddr,
+        cache: &mut fast::WireCache,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(parsed) = fast::parse_query(p) else {
+            return false;
+        };
+        let wire_name = &p[12..parsed.qname_end];
+        let Some(qname) = QName::from_labels(wire_labels(wire_name)) else {
+            return false;
+        };
+        let qtype = RecordType::from(parsed.qtype);
+        let current = self.store.current();
+        let client = current.client(fast::client(src));
+        let question = Question { name: qname, qtype };
+        let decision = decide(
+            &current.snapshot,
+            &client,
+            &question,
+            chrono::Utc::now().timestamp(),
+        );
+        if decision.action != Action::Resolve || decision.logged.is_some() {
+            return false;
+        }
+        if !cache.answer(p, &parsed, out) {
+            let Ok(name) = Name::from_labels(wire_labels(wire_name)) else {
+                return false;
+            };
+            let Some(answer) = self
+                .resolver
+                .cache()
+                .get(&crate::resolve::cache::CacheKey::new(&name, qtype))
+            else {
+                return false;
+            };
+            cache.fill(p, &parsed, &name, &answer);
+            if !cache.answer(p, &parsed, out) {
+                return false;
+            }
+        }
+        metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
+        metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => decision.reason.label()).increment(1);
+        true
+    }
+
     /// `name CNAME target` (synthesized, `ttl`) followed by the resolved target: safe-search
     /// rewrites and RPZ local-data aliases.
     async fn alias(&self, name: &Name, target: Name, qtype: RecordType, ttl: u32) -> Reply {
