@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use rustc_hash::FxHashMap;
 
 use super::MAX_UDP_PAYLOAD;
 use crate::resolve::Answer;
@@ -100,6 +99,10 @@ pub fn parse_query(p: &[u8]) -> Option<Parsed> {
 /// A ready answer.
 #[derive(Debug)]
 struct Entry {
+    /// Lowercased question name (wire form), type, and whether the query used EDNS.
+    name: Box<[u8]>,
+    qtype: u16,
+    edns: bool,
     bytes: Vec<u8>,
     /// `(offset, TTL when built)` of every record's TTL field.
     ttls: Vec<(usize, u32)>,
@@ -108,25 +111,31 @@ struct Entry {
     life: u32,
 }
 
-/// Cache key: the lowercased question (name in wire form, type) and whether EDNS was used.
-type Key = (Box<[u8]>, u16, bool);
-
-/// One serving thread's wire-format answers.
-#[derive(Debug, Default)]
+/// One serving thread's wire-format answers, keyed by the lowercased question and whether the
+/// query used EDNS. Looked up without allocating (the key is lowercased into a scratch buffer).
+#[derive(Default)]
 pub struct WireCache {
-    map: FxHashMap<Key, Entry>,
+    table: hashbrown::HashTable<Entry>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for WireCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireCache({} entries)", self.table.len())
+    }
+}
+
+fn hash(name: &[u8], qtype: u16, edns: bool) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    h.write_u16(qtype);
+    h.write_u8(u8::from(edns));
+    h.finish()
 }
 
 /// Entries a thread keeps before starting over (bounded memory).
 const MAX_ENTRIES: usize = 200_000;
-
-fn key(p: &[u8], parsed: &Parsed) -> Key {
-    let name: Box<[u8]> = p[12..parsed.qname_end]
-        .iter()
-        .map(|b| b.to_ascii_lowercase())
-        .collect();
-    (name, parsed.qtype, parsed.edns.is_some())
-}
 
 /// Offsets of the TTL fields of every record after the question (OPT excluded).
 fn ttl_offsets(b: &[u8]) -> Option<Vec<(usize, u32)>> {
@@ -169,14 +178,28 @@ fn ttl_offsets(b: &[u8]) -> Option<Vec<(usize, u32)>> {
 impl WireCache {
     /// Writes the cached answer for this query into `out`. `false` when there is none (or it
     /// expired, or it would not fit the client's UDP payload).
-    pub fn answer(&mut self, p: &[u8], parsed: &Parsed, out: &mut Vec<u8>) -> bool {
-        let k = key(p, parsed);
-        let Some(e) = self.map.get(&k) else {
+    pub fn answer(&mut self, p: &[u8], parsed: &Parsed, now: Instant, out: &mut Vec<u8>) -> bool {
+        self.scratch.clear();
+        self.scratch.extend(
+            p[12..parsed.qname_end]
+                .iter()
+                .map(|b| b.to_ascii_lowercase()),
+        );
+        let (qtype, edns) = (parsed.qtype, parsed.edns.is_some());
+        let h = hash(&self.scratch, qtype, edns);
+        let name = &self.scratch;
+        let Ok(found) = self.table.find_entry(h, |e| {
+            e.qtype == qtype && e.edns == edns && *e.name == **name
+        }) else {
             return false;
         };
-        let age = e.built.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
+        let e = found.get();
+        let age = now
+            .saturating_duration_since(e.built)
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32;
         if age >= e.life {
-            self.map.remove(&k);
+            found.remove();
             return false;
         }
         let limit = match parsed.edns {
@@ -240,28 +263,42 @@ impl WireCache {
         let Some(ttls) = ttl_offsets(&bytes) else {
             return;
         };
-        if self.map.len() >= MAX_ENTRIES {
-            self.map.clear();
+        if self.table.len() >= MAX_ENTRIES {
+            self.table.clear();
         }
-        self.map.insert(
-            key(p, parsed),
-            Entry {
-                bytes,
-                ttls,
-                built: Instant::now(),
-                life,
-            },
-        );
+        let name: Box<[u8]> = p[12..parsed.qname_end]
+            .iter()
+            .map(|b| b.to_ascii_lowercase())
+            .collect();
+        let (qtype, edns) = (parsed.qtype, parsed.edns.is_some());
+        let h = hash(&name, qtype, edns);
+        if let Ok(old) = self
+            .table
+            .find_entry(h, |e| e.qtype == qtype && e.edns == edns && e.name == name)
+        {
+            old.remove();
+        }
+        let entry = Entry {
+            name,
+            qtype,
+            edns,
+            bytes,
+            ttls,
+            built: Instant::now(),
+            life,
+        };
+        self.table
+            .insert_unique(h, entry, |e| hash(&e.name, e.qtype, e.edns));
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -338,9 +375,12 @@ mod tests {
         let q = query("WwW.Example.ORG.", true);
         let p = parse_query(&q).expect("query");
         let mut out = Vec::new();
-        assert!(!cache.answer(&q, &p, &mut out), "empty cache");
+        assert!(
+            !cache.answer(&q, &p, Instant::now(), &mut out),
+            "empty cache"
+        );
         cache.fill(&q, &p, &name, &answer);
-        assert!(cache.answer(&q, &p, &mut out));
+        assert!(cache.answer(&q, &p, Instant::now(), &mut out));
         let m = Message::from_vec(&out).expect("valid response");
         assert_eq!(m.metadata.id, 0x1234);
         assert_eq!(
@@ -353,6 +393,6 @@ mod tests {
         assert!(m.edns.is_some());
         // Without EDNS it is another entry.
         let q2 = query("www.example.org.", false);
-        assert!(!cache.answer(&q2, &parse_query(&q2).expect("q"), &mut out));
+        assert!(!cache.answer(&q2, &parse_query(&q2).expect("q"), Instant::now(), &mut out));
     }
 }

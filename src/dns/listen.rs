@@ -207,6 +207,8 @@ async fn udp_loop(
             }
             _ = stop.wait_for(|s| *s) => return,
         }
+        // One clock read per batch of packets, not per packet.
+        let now = (chrono::Utc::now().timestamp(), std::time::Instant::now());
         loop {
             let (n, src) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,
@@ -220,7 +222,7 @@ async fn udp_loop(
                 continue; // cannot be answered
             }
             let packet = &buf[..n];
-            if handler.try_fast(packet, src, &mut cache, &mut out) {
+            if handler.try_fast(packet, src, now, &mut cache, &mut out) {
                 if socket.try_send_to(&out, src).is_err() {
                     let _ = socket.send_to(&out, src).await;
                 }

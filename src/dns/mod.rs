@@ -41,6 +41,47 @@ pub struct DnsHandler {
     detector: Option<crate::detect::Detector>,
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
+    counters: FastCounters,
+}
+
+/// Counters of the fast path, registered once (a labelled `counter!` per query costs a
+/// registry lookup).
+struct FastCounters {
+    cache_hits: metrics::Counter,
+    by_reason: Vec<(&'static str, metrics::Counter)>,
+}
+
+impl FastCounters {
+    fn new() -> Self {
+        let by_reason = [
+            "normal",
+            "remediation",
+            "trusted_allowed",
+            "global_trusted_allowed",
+            "self_released",
+        ]
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => r),
+            )
+        })
+        .collect();
+        Self {
+            cache_hits: metrics::counter!(crate::metrics::CACHE_HITS),
+            by_reason,
+        }
+    }
+
+    fn hit(&self, reason: Reason) {
+        self.cache_hits.increment(1);
+        let label = reason.label();
+        match self.by_reason.iter().find(|(l, _)| std::ptr::eq(*l, label) || *l == label) {
+            Some((_, c)) => c.increment(1),
+            None => metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => label).increment(1),
+        }
+    }
 }
 
 /// A response before encoding.
@@ -101,6 +142,7 @@ impl DnsHandler {
             detector: None,
             notifier: None,
             alerts: None,
+            counters: FastCounters::new(),
         }
     }
 
@@ -287,6 +329,7 @@ impl DnsHandler {
         &self,
         p: &[u8],
         src: std::net::SocketAddr,
+        now: (i64, std::time::Instant),
         cache: &mut fast::WireCache,
         out: &mut Vec<u8>,
     ) -> bool {
@@ -301,16 +344,11 @@ impl DnsHandler {
         let current = self.store.current();
         let client = current.client(fast::client(src));
         let question = Question { name: qname, qtype };
-        let decision = decide(
-            &current.snapshot,
-            &client,
-            &question,
-            chrono::Utc::now().timestamp(),
-        );
+        let decision = decide(&current.snapshot, &client, &question, now.0);
         if decision.action != Action::Resolve || decision.logged.is_some() {
             return false;
         }
-        if !cache.answer(p, &parsed, out) {
+        if !cache.answer(p, &parsed, now.1, out) {
             let Ok(name) = Name::from_labels(wire_labels(wire_name)) else {
                 return false;
             };
@@ -322,12 +360,11 @@ impl DnsHandler {
                 return false;
             };
             cache.fill(p, &parsed, &name, &answer);
-            if !cache.answer(p, &parsed, out) {
+            if !cache.answer(p, &parsed, now.1, out) {
                 return false;
             }
         }
-        metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
-        metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => decision.reason.label()).increment(1);
+        self.counters.hit(decision.reason);
         true
     }
 
