@@ -369,10 +369,10 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
         };
         if rel.is_empty() {
             // Apex: SOA/NS are zone plumbing; a TXT family= names the whole zone's family.
-            if rtype.eq_ignore_ascii_case("TXT") {
-                if let Some(f) = txt().strip_prefix("family=") {
-                    zone.zone_family = Some(f.trim().into());
-                }
+            if rtype.eq_ignore_ascii_case("TXT")
+                && let Some(f) = txt().strip_prefix("family=")
+            {
+                zone.zone_family = Some(f.trim().into());
             }
             continue;
         }
@@ -391,11 +391,11 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
                 Some(base) => (&mut wildcard, base),
                 None => (&mut exact, rel),
             };
-            if table.get(name.as_bytes()).is_none() {
-                if let Err(e) = validate(name) {
-                    err(line, format!("trigger: {e}"), &mut errors);
-                    continue;
-                }
+            if table.get(name.as_bytes()).is_none()
+                && let Err(e) = validate(name)
+            {
+                err(line, format!("trigger: {e}"), &mut errors);
+                continue;
             }
             match table.entry_or(name.as_bytes(), || Pending::new(line)) {
                 Some(p) => p,
