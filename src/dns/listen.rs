@@ -1,5 +1,6 @@
 //! DNS listeners: one serving thread per core, each with a current-thread runtime and its own
-//! SO_REUSEPORT UDP socket and TCP listener per configured address.
+//! SO_REUSEPORT UDP socket and TCP listener per configured address. UDP is read by our own loop
+//! (fast path first, see [`super::fast`]); TCP is served by hickory-server.
 //!
 //! Why: measured on our 2-core machines (shared/PEERS.md), hickory-server on one multi-thread
 //! runtime with one socket cost ~1.65× the CPU per query of a bare UDP loop, while one
