@@ -195,8 +195,10 @@ async fn udp_loop(
     handler: Arc<DnsHandler>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(usize::from(super::MAX_UDP_PAYLOAD));
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut rx = super::batch::RecvBatch::default();
+    let mut tx = super::batch::SendBatch::default();
     let mut cache = super::fast::WireCache::default();
     loop {
         tokio::select! {
@@ -208,50 +210,71 @@ async fn udp_loop(
             }
             _ = stop.wait_for(|s| *s) => return,
         }
-        // One clock read per batch of packets, not per packet.
-        let now = (chrono::Utc::now().timestamp(), std::time::Instant::now());
         loop {
-            let (n, src) = match socket.try_recv_from(&mut buf) {
-                Ok(x) => x,
+            let n = match socket.try_io(tokio::io::Interest::READABLE, || rx.recv(fd)) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive");
                     break;
                 }
             };
-            if src.port() == 0 {
-                continue; // cannot be answered
+            // One clock read per batch of packets, not per packet.
+            let now = (chrono::Utc::now().timestamp(), std::time::Instant::now());
+            for i in 0..n {
+                let (packet, src) = rx.get(i);
+                let Some(src) = src.filter(|s| s.port() != 0) else {
+                    continue;
+                };
+                if handler.try_fast(packet, src, now, &mut cache, tx.next_buf()) {
+                    tx.push(src);
+                    continue;
+                }
+                full_path(&socket, &handler, packet, src);
             }
-            let packet = &buf[..n];
-            if handler.try_fast(packet, src, now, &mut cache, &mut out) {
-                if socket.try_send_to(&out, src).is_err() {
-                    let _ = socket.send_to(&out, src).await;
+            if !tx.is_empty() {
+                let sent = socket
+                    .try_io(tokio::io::Interest::WRITABLE, || tx.send(fd))
+                    .unwrap_or(0);
+                for (bytes, dst) in tx.rest(sent) {
+                    let _ = socket.send_to(bytes, dst).await;
                 }
-                continue;
+                tx.clear();
             }
-            match Request::from_bytes(packet.to_vec(), src, DnsProtocol::Udp) {
-                Ok(request) if request.metadata.message_type == MessageType::Query => {
-                    let (handler, responder) = (
-                        handler.clone(),
-                        UdpResponder {
-                            socket: socket.clone(),
-                            dst: src,
-                        },
-                    );
-                    tokio::spawn(async move {
-                        handler
-                            .handle_request::<UdpResponder, TokioTime>(&request, responder)
-                            .await;
-                    });
-                }
-                Ok(_) => {} // a response: never answered (reflection)
-                Err(_) => {
-                    metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "malformed")
-                        .increment(1);
-                    if let Some(f) = super::fast::formerr(packet) {
-                        let _ = socket.try_send_to(&f, src);
-                    }
-                }
+            if n < super::batch::BATCH {
+                break;
+            }
+        }
+    }
+}
+
+/// Hands a packet the fast path did not answer to the full handler, on its own task.
+fn full_path(
+    socket: &Arc<tokio::net::UdpSocket>,
+    handler: &Arc<DnsHandler>,
+    packet: &[u8],
+    src: SocketAddr,
+) {
+    match Request::from_bytes(packet.to_vec(), src, DnsProtocol::Udp) {
+        Ok(request) if request.metadata.message_type == MessageType::Query => {
+            let (handler, responder) = (
+                handler.clone(),
+                UdpResponder {
+                    socket: socket.clone(),
+                    dst: src,
+                },
+            );
+            tokio::spawn(async move {
+                handler
+                    .handle_request::<UdpResponder, TokioTime>(&request, responder)
+                    .await;
+            });
+        }
+        Ok(_) => {} // a response: never answered (reflection)
+        Err(_) => {
+            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "malformed").increment(1);
+            if let Some(f) = super::fast::formerr(packet) {
+                let _ = socket.try_send_to(&f, src);
             }
         }
     }

@@ -6,6 +6,7 @@
 //! 15 Blocked (quarantine, global trusted-only mode), 17 Filtered (opted-in trusted zone),
 //! 18 Prohibited (client network not served). A blocked or refused query never reaches a backend.
 
+pub mod batch;
 pub mod fast;
 pub mod listen;
 
