@@ -73,11 +73,34 @@ fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> Result<std::net::UdpSocket, List
     };
     let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err)?;
     if rcvbuf > 0 {
-        // Best effort: the kernel caps it at net.core.rmem_max.
+        // The kernel caps SO_RCVBUF at net.core.rmem_max (often 208 KiB): too small to absorb a
+        // burst at saturation. With CAP_NET_ADMIN (root, or the capability in the service
+        // unit) SO_RCVBUFFORCE gets the configured size, as Unbound does.
         let _ = s.set_recv_buffer_size(rcvbuf);
+        if s.recv_buffer_size().is_ok_and(|got| got < rcvbuf) {
+            force_recv_buffer(&s, rcvbuf);
+        }
     }
     s.bind(&addr.into()).map_err(err)?;
     Ok(s.into())
+}
+
+fn force_recv_buffer(s: &Socket, size: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the stated length.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_RCVBUFFORCE refused; the receive buffer stays at net.core.rmem_max");
+    }
 }
 
 fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
