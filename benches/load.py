@@ -93,6 +93,8 @@ def main():
     ap.add_argument("--infected", type=int, default=0)
     ap.add_argument("--enrolments", type=int, default=0)
     ap.add_argument("--feed", type=int, default=0, help="names in an RPZ threat feed loaded by both servers")
+    ap.add_argument("--reload", action="store_true", help="also measure cleanpipe while its policy reloads every 2 s")
+    ap.add_argument("--misses", type=int, default=0, help="also measure forwarding of N never-cached names vs the upstream alone")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/cleanpipe"))
     args = ap.parse_args()
     for t in ("dnsperf", "unbound", "knotd", "dig"):
@@ -109,6 +111,8 @@ def main():
             z.write("$ORIGIN bench.lab.\n$TTL 3600\n@ SOA ns hostmaster 1 3600 600 86400 3600\n@ NS ns\nns A 127.0.77.1\n")
             for i in range(args.names):
                 z.write(f"n{i} A 192.0.2.{i % 250 + 1}\n")
+            for i in range(args.misses):
+                z.write(f"m{i} A 198.51.100.{i % 250 + 1}\n")
         qfile = os.path.join(work, "queries.txt")
         with open(qfile, "w") as q:
             for i in range(args.names):
@@ -198,6 +202,47 @@ def main():
                         pass
             lat[name] = (percentile(ms, 50), percentile(ms, 99), len(ms))
 
+        # 5b. hot reload under load: the same saturation run, once quiet, once while the policy
+        # is rewritten every 2 s (each write recompiles the whole policy).
+        reload_rows = []
+        if args.reload:
+            port, pid = servers["cleanpipe"]
+            victim = os.path.join(pol, "enrolments.yaml" if args.enrolments else "mode.yaml")
+            if not os.path.exists(victim):
+                with open(victim, "w") as f:
+                    f.write("mode: normal\n")
+            for label, reloading in (("quiet", False), ("reloading every 2 s", True)):
+                stop = [False]
+                def toucher():
+                    while not stop[0]:
+                        time.sleep(2)
+                        with open(victim, "a") as f:
+                            f.write("\n")
+                import threading
+                th = threading.Thread(target=toucher) if reloading else None
+                if th:
+                    th.start()
+                _, done, lost, qps = dnsperf(port, qfile, args.seconds)
+                stop[0] = True
+                if th:
+                    th.join()
+                reload_rows.append((label, qps, lost))
+
+        # 5c. forwarding of names never seen before, against the upstream alone.
+        miss_rows = []
+        if args.misses:
+            mfile = os.path.join(work, "misses.txt")
+            with open(mfile, "w") as q:
+                for i in range(args.misses):
+                    q.write(f"m{i}.bench.lab A\n")
+            for label, port in (("upstream (Knot) alone", AUTH[1]), ("cleanpipe forwarding, cache misses", 5301)):
+                cmd = ["dnsperf", "-s", AUTH[0] if port == AUTH[1] else "127.0.0.1", "-p", str(port), "-d", mfile,
+                       "-n", "1", "-c", "8", "-T", "2", "-q", "200", "-t", "3"]
+                out = subprocess.run(cmd, capture_output=True, text=True).stdout
+                qps = next((float(l.split(":", 1)[1].split()[0]) for l in out.splitlines() if l.strip().startswith("Queries per second")), 0.0)
+                lost = next((float(l.split(":", 1)[1].split()[0]) for l in out.splitlines() if l.strip().startswith("Queries lost")), 0.0)
+                miss_rows.append((label, qps, lost))
+
         # 6. table
         print()
         print(f"machine: {os.cpu_count()} cores; dnsperf -c 8 -T 2 -q 500, {args.rounds} rounds x {args.seconds}s, {args.names} cached names")
@@ -214,6 +259,20 @@ def main():
         print()
         print(f"ratios cleanpipe/unbound: queries/s {med['cleanpipe'][0] / med['unbound'][0]:.2f}, "
               f"CPU per query {med['cleanpipe'][1] / med['unbound'][1]:.2f}")
+        if reload_rows:
+            print()
+            print("| cleanpipe under load | queries/s | lost |")
+            print("|---|---|---|")
+            for label, qps, lost in reload_rows:
+                print(f"| {label} | {qps:.0f} | {lost:.0f} |")
+            print(f"throughput dip while reloading: {100 * (1 - reload_rows[1][1] / max(reload_rows[0][1], 1)):.1f} %")
+        if miss_rows:
+            print()
+            print(f"| {args.misses} never-cached names | queries/s | lost |")
+            print("|---|---|---|")
+            for label, qps, lost in miss_rows:
+                print(f"| {label} | {qps:.0f} | {lost:.0f} |")
+            print(f"forwarding / upstream alone: {miss_rows[1][1] / max(miss_rows[0][1], 1):.2f}")
     finally:
         for p in procs:
             try:
