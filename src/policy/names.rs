@@ -99,24 +99,7 @@ pub fn normalise(name: &str) -> Result<String, String> {
     if n.is_empty() {
         return Err("empty name".into());
     }
-    if n.len() > 253 {
-        return Err(format!("`{name}` is longer than 253 characters"));
-    }
-    for label in n.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-        if !ok {
-            return Err(format!(
-                "`{name}` is not a valid DNS name (label `{label}`)"
-            ));
-        }
-    }
-    Ok(n)
+    validate(&n).map(|()| n)
 }
 
 /// A set of names mapped to values, matched exactly or by subtree.
@@ -309,10 +292,11 @@ impl<V> NameTable<V> {
     }
 }
 
-/// Checks a lowercase name without the trailing dot (as RPZ owners are after parsing).
+/// Checks a lowercase name without the trailing dot: at most 253 characters, labels of 1 to 63
+/// letters, digits, `-` (not first or last) and `_`.
 pub fn validate(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("`{name}` is not a valid DNS name (length)"));
+        return Err(format!("`{name}` is longer than 253 characters or empty"));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -321,7 +305,7 @@ pub fn validate(name: &str) -> Result<(), String> {
             && !label.ends_with('-')
             && label
                 .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'*');
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
         if !ok {
             return Err(format!(
                 "`{name}` is not a valid DNS name (label `{label}`)"
