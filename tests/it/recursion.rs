@@ -251,3 +251,80 @@ fn sigterm_shuts_down_cleanly() {
     assert!(status.success(), "exit status {status}; log:\n{}", cp.log());
     assert!(cp.log().contains("stopped"));
 }
+
+#[test]
+fn forwarder_retries_truncated_answers_over_tcp() {
+    let big: String = (0..10)
+        .map(|i| format!("big 300 IN TXT \"{}{}\"\n", i, "y".repeat(200)))
+        .collect();
+    let upstream = support::start_server("127.0.99.5", 5354, vec![support::alpha_zone(&big)]);
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.5\n      port: 5354",
+        "",
+        &[],
+    );
+    let d = dig(cp.dns, None, "big.alpha.example", "TXT", &["+tcp"]);
+    assert_eq!(d.answers.len(), 10, "{}", d.text);
+    assert!(
+        upstream.count("tcp:big.alpha.example", RecordType::TXT) >= 1,
+        "the forwarder retried over TCP"
+    );
+}
+
+#[test]
+fn forwarder_rejects_answers_that_do_not_echo_the_question_case() {
+    // A fake upstream that answers every query with the question name lowercased: a 0x20-aware
+    // forwarder must not accept it (it could be a spoofed answer).
+    let sock = std::net::UdpSocket::bind("127.0.99.6:5354").expect("fake upstream");
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, src)) = sock.recv_from(&mut buf) {
+            let Ok(q) = hickory_proto::op::Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(query) = q.queries.first() else {
+                continue;
+            };
+            let lower = query.name().to_lowercase();
+            let mut r = hickory_proto::op::Message::response(q.metadata.id, q.metadata.op_code);
+            r.add_query(hickory_proto::op::Query::query(
+                lower.clone(),
+                query.query_type(),
+            ));
+            r.add_answer(hickory_proto::rr::Record::from_rdata(
+                lower,
+                300,
+                RData::A(hickory_proto::rr::rdata::A::new(203, 0, 113, 66)),
+            ));
+            if let Ok(bytes) = r.to_vec() {
+                let _ = sock.send_to(&bytes, src);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.6\n      port: 5354\n  query_timeout_secs: 1",
+        "",
+        &[],
+    );
+    let m = support::try_query(
+        cp.dns,
+        client(),
+        "www.case-test.example.",
+        RecordType::A,
+        Duration::from_secs(8),
+    )
+    .expect("answer");
+    assert!(
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the fake upstream was asked"
+    );
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "a case-folded answer is not accepted: {m:?}"
+    );
+    assert!(addresses(&m).is_empty());
+}
