@@ -38,6 +38,7 @@ struct Waiting {
 
 struct Sock {
     socket: UdpSocket,
+    v6: bool,
     waiting: Mutex<FxHashMap<u16, Waiting>>,
 }
 
@@ -85,10 +86,8 @@ async fn read_loop(sock: Arc<Sock>) {
                     .first()
                     .is_some_and(|q| q.query_type() == w.qtype && q.name().eq_case(&w.name))
         });
-        if matches {
-            if let Some(w) = waiting.remove(&msg.metadata.id) {
-                let _ = w.tx.send(msg);
-            }
+        if matches && let Some(w) = waiting.remove(&msg.metadata.id) {
+            let _ = w.tx.send(msg);
         }
         // Anything else (wrong source, ID, question or case) is ignored: the real answer may
         // still come, or the query times out.
@@ -137,6 +136,7 @@ impl Forward {
                     };
                     let sock = Arc::new(Sock {
                         socket: UdpSocket::bind(bind).await?,
+                        v6: want_v6,
                         waiting: Mutex::new(FxHashMap::default()),
                     });
                     tokio::spawn(read_loop(sock.clone()));
@@ -154,14 +154,7 @@ impl Forward {
         qtype: RecordType,
     ) -> Result<Message, String> {
         let pool = self.pool().await.map_err(|e| e.to_string())?;
-        let family: Vec<&Arc<Sock>> = pool
-            .iter()
-            .filter(|s| {
-                s.socket
-                    .local_addr()
-                    .is_ok_and(|a| a.is_ipv6() == upstream.is_ipv6())
-            })
-            .collect();
+        let family: Vec<&Arc<Sock>> = pool.iter().filter(|s| s.v6 == upstream.is_ipv6()).collect();
         if family.is_empty() {
             return Err("no socket for the upstream's address family".into());
         }
