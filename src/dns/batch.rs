@@ -99,9 +99,15 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        for i in 0..n {
-            self.lens[i] = hdrs[i].msg_len as usize;
-            self.srcs[i] = to_socket_addr(&self.addrs[i]);
+        for ((len, src), (hdr, addr)) in self
+            .lens
+            .iter_mut()
+            .zip(self.srcs.iter_mut())
+            .zip(hdrs.iter().zip(self.addrs.iter()))
+            .take(n)
+        {
+            *len = hdr.msg_len as usize;
+            *src = to_socket_addr(addr);
         }
         Ok(n)
     }
