@@ -228,6 +228,10 @@ fn tokenize<'a>(line: &'a str, out: &mut Vec<&'a str>, depth: &mut i32) {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
                 i = (i + 1).min(b.len());
+                // An escape may have skipped into a multi-byte character: end on a boundary.
+                while !line.is_char_boundary(i) {
+                    i += 1;
+                }
                 out.push(&line[start..i]);
             }
             _ => {
@@ -675,6 +679,19 @@ c2.example          TXT \"family=Emotet\"
         let z = parse("z", text, None).expect("valid");
         assert_eq!(z.match_qname(&q("note.example")), None);
         assert!(z.match_qname(&q("bad.example")).is_some());
+    }
+
+    #[test]
+    fn hostile_text_never_panics() {
+        for text in [
+            "$ORIGIN x.\na TXT \"\\é\"\n",
+            "$ORIGIN x.\na TXT \"unterminated é\n",
+            "$ORIGIN x.\n( ( ( a CNAME .\n",
+            "\u{0}\u{1}$ORIGIN\n@ SOA\n",
+            "$ORIGIN x.\n\"\\",
+        ] {
+            let _ = parse("fuzz", text, None);
+        }
     }
 
     #[test]
