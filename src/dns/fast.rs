@@ -342,6 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn random_and_mutated_packets_never_panic() {
+        // A deterministic generator: the same packets on every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = query("www.example.org.", true);
+        let mut cache = WireCache::default();
+        let mut out = Vec::new();
+        for i in 0..20_000 {
+            let mut p = if i % 2 == 0 {
+                let len = (next() % 80) as usize;
+                (0..len).map(|_| next() as u8).collect::<Vec<u8>>()
+            } else {
+                let mut p = base.clone();
+                for _ in 0..(next() % 4 + 1) {
+                    let at = (next() as usize) % p.len();
+                    p[at] = next() as u8;
+                }
+                p
+            };
+            if i % 7 == 0 {
+                p.truncate((next() as usize) % (p.len() + 1));
+            }
+            let _ = formerr(&p);
+            let _ = ttl_offsets(&p);
+            if let Some(parsed) = parse_query(&p) {
+                let _ = cache.answer(&p, &parsed, Instant::now(), &mut out);
+            }
+        }
+    }
+
+    #[test]
     fn parses_plain_queries_only() {
         let q = query("WwW.Example.ORG.", true);
         let p = parse_query(&q).expect("plain query");
