@@ -36,6 +36,36 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// The iovecs of `bufs` and one `mmsghdr` per buffer, naming `names[i]` (`len` bytes each).
+/// The returned headers point into `iovs`, `bufs` and `names`: use them before those move.
+fn headers<'a>(
+    bufs: impl Iterator<Item = &'a mut [u8]>,
+    names: impl Iterator<Item = (*mut libc::c_void, libc::socklen_t)>,
+    iovs: &mut Vec<libc::iovec>,
+) -> Vec<libc::mmsghdr> {
+    iovs.clear();
+    iovs.extend(bufs.map(|b| libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
+    }));
+    iovs.iter_mut()
+        .zip(names)
+        .map(|(iov, (name, len))| {
+            // SAFETY: msghdr is plain old data; all-zero is valid and the pointers set here
+            // stay valid while the caller's buffers do.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = name;
+            h.msg_namelen = len;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect()
+}
+
 /// Receive buffers for one batch.
 pub struct RecvBatch {
     bufs: Vec<[u8; 4096]>,
@@ -60,30 +90,15 @@ impl RecvBatch {
     /// Reads up to [`BATCH`] datagrams without blocking; returns how many (`WouldBlock` when
     /// none is waiting).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(self.addrs.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: msghdr is plain old data; the pointers set below outlive the call.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+        let storage = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut iovs = Vec::with_capacity(BATCH);
+        let mut hdrs = headers(
+            self.bufs.iter_mut().map(|b| &mut b[..]),
+            self.addrs
+                .iter_mut()
+                .map(|a| ((a as *mut libc::sockaddr_storage).cast(), storage)),
+            &mut iovs,
+        );
         // SAFETY: `hdrs` points at BATCH valid msghdrs whose buffers live in `self` for the
         // duration of the call; MSG_DONTWAIT makes it non-blocking.
         let n = unsafe {
@@ -162,29 +177,14 @@ impl SendBatch {
         if self.used == 0 {
             return Ok(0);
         }
-        let mut iovs: Vec<libc::iovec> = self.bufs[..self.used]
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(self.dsts.iter())
-            .map(|(iov, dst)| {
-                // SAFETY: plain old data, pointers valid for the call.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = dst.as_ptr() as *mut libc::c_void;
-                h.msg_namelen = dst.len();
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+        let mut iovs = Vec::with_capacity(self.used);
+        let mut hdrs = headers(
+            self.bufs[..self.used].iter_mut().map(|b| &mut b[..]),
+            self.dsts
+                .iter()
+                .map(|d| (d.as_ptr() as *mut libc::c_void, d.len())),
+            &mut iovs,
+        );
         // SAFETY: `hdrs` holds `used` valid headers pointing into `self`.
         let n = unsafe {
             libc::sendmmsg(

@@ -276,15 +276,7 @@ impl Backend for Forward {
                 };
                 match msg.metadata.response_code {
                     ResponseCode::NoError | ResponseCode::NXDomain => {
-                        return Ok(Answer {
-                            rcode: msg.metadata.response_code,
-                            answers: msg.answers,
-                            authorities: msg
-                                .authorities
-                                .into_iter()
-                                .filter(|r| r.record_type() == RecordType::SOA)
-                                .collect(),
-                        });
+                        return Ok(Answer::from_message(msg.metadata.response_code, msg));
                     }
                     other => last = format!("{upstream} answered {other}"),
                 }

@@ -34,6 +34,20 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// An upstream message as an answer: its answer section and the SOA of its authority
+    /// section (what negative caching needs; NS and glue are not passed on).
+    pub fn from_message(rcode: ResponseCode, msg: hickory_proto::op::Message) -> Self {
+        Self {
+            rcode,
+            answers: msg.answers,
+            authorities: msg
+                .authorities
+                .into_iter()
+                .filter(|r| r.record_type() == RecordType::SOA)
+                .collect(),
+        }
+    }
+
     /// A SERVFAIL with no records.
     pub fn servfail() -> Self {
         Self {

@@ -74,18 +74,13 @@ impl Backend for Recursive {
     async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError> {
         let query = Query::query(name.clone(), qtype);
         match self.recursor.resolve(query, Instant::now(), false).await {
-            Ok(msg) => Ok(Answer {
-                rcode: match msg.metadata.response_code {
+            Ok(msg) => {
+                let rcode = match msg.metadata.response_code {
                     ResponseCode::NXDomain => ResponseCode::NXDomain,
                     _ => ResponseCode::NoError,
-                },
-                answers: msg.answers,
-                authorities: msg
-                    .authorities
-                    .into_iter()
-                    .filter(|r| r.record_type() == RecordType::SOA)
-                    .collect(),
-            }),
+                };
+                Ok(Answer::from_message(rcode, msg))
+            }
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
                 let rcode = if e.is_nx_domain() {
                     ResponseCode::NXDomain
