@@ -85,7 +85,7 @@ fn sizes() {
     eprintln!(
         "1M infected prefixes (CSV, 3/4 IPv4 /32, 1/4 IPv6 /56): compiled in {:.0} ms, resident +{:.0} B per entry",
         took.as_secs_f64() * 1e3,
-        after.saturating_sub(before) as f64 / snap.infections.len() as f64
+        after.saturating_sub(before) as f64 / snap.infections().len() as f64
     );
     drop(snap);
     let text = rpz_text(1_000_000);

@@ -195,7 +195,7 @@ impl AlertEngine {
         let snap = self.store.snapshot();
         let now = self.now();
         let mut opened = 0;
-        for inf in &snap.infections {
+        for inf in snap.infections() {
             let Some(oi) = snap.organisation_of(inf.prefix.addr()) else {
                 continue;
             };
@@ -255,9 +255,7 @@ impl AlertEngine {
         let client = snap.classify(ip);
         let (Some(o), Some(i)) = (
             snap.organisations.get(org as usize),
-            client
-                .infection
-                .and_then(|i| snap.infections.get(i as usize)),
+            client.infection.and_then(|i| snap.infection(i)),
         ) else {
             return;
         };

@@ -699,7 +699,7 @@ impl StateDb {
                     ticket,
                 });
             }
-            let mut st = c.prepare("SELECT prefix, cleared_at FROM cleared")?;
+            let mut st = c.prepare("SELECT prefix, cleared_at FROM cleared ORDER BY prefix")?;
             for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (p, at) = row?;
                 o.cleared.push((prefix(&p)?.0, at));
@@ -717,7 +717,7 @@ impl StateDb {
                     enabled_at: ts(at)?,
                 });
             }
-            let mut st = c.prepare("SELECT prefix FROM unenrolled")?;
+            let mut st = c.prepare("SELECT prefix FROM unenrolled ORDER BY prefix")?;
             for row in st.query_map([], |r| r.get::<_, String>(0))? {
                 o.unenrolled.push(prefix(&row?)?.0);
             }

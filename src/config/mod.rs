@@ -428,6 +428,11 @@ pub struct PolicyConfig {
     /// Milliseconds to wait for a burst of file changes to settle before reloading. Default: 200.
     #[serde(default = "default_debounce")]
     pub reload_debounce_ms: u64,
+    /// Scheduling niceness (0–19) of the thread that recompiles the policy after the first
+    /// load, so a big recompile yields the CPU to the serving threads. 0 keeps normal
+    /// priority. Default: 19.
+    #[serde(default = "default_reload_nice")]
+    pub reload_nice: u8,
     /// Profile used for everyone during global trusted-only mode. Default: `clean-pipe`.
     #[serde(default = "default_global_profile")]
     pub global_profile: String,
@@ -550,6 +555,9 @@ fn default_allowlists() -> PathBuf {
 fn default_debounce() -> u64 {
     200
 }
+fn default_reload_nice() -> u8 {
+    19
+}
 fn default_global_profile() -> String {
     "clean-pipe".to_owned()
 }
@@ -622,6 +630,7 @@ impl Default for PolicyConfig {
             dir: None,
             allowlists: default_allowlists(),
             reload_debounce_ms: default_debounce(),
+            reload_nice: default_reload_nice(),
             global_profile: default_global_profile(),
             remediation_extra: Vec::new(),
         }
@@ -775,6 +784,12 @@ impl Config {
                     t.algorithm
                 )));
             }
+        }
+        if self.policy.reload_nice > 19 {
+            return Err(invalid(format!(
+                "policy.reload_nice: {} is above 19 (the lowest priority)",
+                self.policy.reload_nice
+            )));
         }
         if self.detection.ipv6_prefix_len > 128 {
             return Err(invalid("detection.ipv6_prefix_len: at most 128".into()));

@@ -16,9 +16,10 @@ use super::sources::{
     PolicyError, ProbeQuarantine, SourceSet, Standing,
 };
 use super::{
-    Enrolment, Infection, ModeState, NameFlags, Organisation, Origin, Profile, Sinkhole, Snapshot,
-    flag,
+    Enrolment, EnrolmentSet, InfectedSet, Infection, ModeState, NameFlags, Organisation, Origin,
+    Profile, Sinkhole, Snapshot, flag,
 };
+use std::sync::Arc;
 
 /// Runtime changes made through the admin API (kept in the state database), merged over the files.
 #[derive(Debug, Clone, Default)]
@@ -72,26 +73,20 @@ const API: &str = "admin-api";
 struct Builder {
     snap: Snapshot,
     errors: Vec<PolicyError>,
-    interned: FxHashMap<Box<str>, u32>,
+}
+
+/// Index of `name` in a table of file names, added if new.
+fn file_index(files: &mut Vec<String>, name: &str) -> u16 {
+    if let Some(i) = files.iter().position(|f| f == name) {
+        return i as u16;
+    }
+    files.push(name.to_owned());
+    (files.len() - 1) as u16
 }
 
 impl Builder {
     fn file(&mut self, name: &str) -> u16 {
-        if let Some(i) = self.snap.files.iter().position(|f| f == name) {
-            return i as u16;
-        }
-        self.snap.files.push(name.to_owned());
-        (self.snap.files.len() - 1) as u16
-    }
-
-    fn intern(&mut self, s: &str) -> u32 {
-        if let Some(i) = self.interned.get(s) {
-            return *i;
-        }
-        let i = self.snap.strings.len() as u32;
-        self.snap.strings.push(s.into());
-        self.interned.insert(s.into(), i);
-        i
+        file_index(&mut self.snap.files, name)
     }
 
     fn err(&mut self, file: &str, line: u32, message: impl Into<String>) {
@@ -113,7 +108,6 @@ pub fn compile(
             ..Snapshot::default()
         },
         errors: Vec::new(),
-        interned: FxHashMap::default(),
     };
     for net in &options.clients {
         b.snap.acl.insert(*net, ());
@@ -126,7 +120,11 @@ pub fn compile(
     let mut mode_file: Option<(String, ModeFile)> = None;
     for (path, text) in &sources.policy_files {
         let name = path.rsplit('/').next().unwrap_or(path);
-        let result = if name.starts_with("infected") && name.ends_with(".csv") {
+        let reused = (name.starts_with("infected") && sources.reuse_infected.is_some())
+            || (name.starts_with("enrolments") && sources.reuse_enrolled.is_some());
+        let result = if reused {
+            Ok(())
+        } else if name.starts_with("infected") && name.ends_with(".csv") {
             match sources::parse_infected_csv(path, text) {
                 Ok(l) => {
                     infected.push(l);
@@ -161,8 +159,14 @@ pub fn compile(
     }
     compile_allowlists(&mut b, &lists, options);
     compile_organisations(&mut b, &organisations, overrides);
-    compile_enrolments(&mut b, &enrolments, overrides);
-    compile_infected(&mut b, &infected, overrides);
+    b.snap.enrolled = match &sources.reuse_enrolled {
+        Some(set) => set.clone(),
+        None => Arc::new(compile_enrolments(&mut b, &enrolments, overrides)),
+    };
+    b.snap.infected = match &sources.reuse_infected {
+        Some(set) => set.clone(),
+        None => Arc::new(compile_infected(&mut b.errors, &infected, overrides)),
+    };
     compile_mode(&mut b, mode_file, overrides, options);
     b.snap.feeds = sources.feeds.clone();
     for (net, at, until) in &overrides.released {
@@ -463,8 +467,14 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
     }
 }
 
-fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Overrides) {
-    let api = b.file(API);
+/// Enrolments from files and the operator's changes. Profiles must be compiled first.
+fn compile_enrolments(
+    b: &mut Builder,
+    files: &[Located<EnrolmentEntry>],
+    o: &Overrides,
+) -> EnrolmentSet {
+    let mut set = EnrolmentSet::default();
+    let api = file_index(&mut set.files, API);
     let api_prefixes: HashSet<IpNet> = o.enrolments.iter().map(|e| e.prefix.0).collect();
     let removed: HashSet<IpNet> = o.unenrolled.iter().copied().collect();
     let from_files = files.iter().flat_map(|l| {
@@ -493,9 +503,13 @@ fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Ov
             );
             continue;
         };
-        let fi = if from_api { api } else { b.file(file) };
-        let idx = b.snap.enrolments.len() as u32;
-        if b.snap.enrolled.insert(e.prefix.0, idx).is_some() {
+        let fi = if from_api {
+            api
+        } else {
+            file_index(&mut set.files, file)
+        };
+        let idx = set.entries.len() as u32;
+        if set.map.insert(e.prefix.0, idx).is_some() {
             b.err(
                 file,
                 line,
@@ -503,7 +517,7 @@ fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Ov
             );
             continue;
         }
-        b.snap.enrolments.push(Enrolment {
+        set.entries.push(Enrolment {
             prefix: e.prefix.0,
             profile,
             enabled_by: e.enabled_by.as_str().into(),
@@ -511,31 +525,48 @@ fn compile_enrolments(b: &mut Builder, files: &[Located<EnrolmentEntry>], o: &Ov
             origin: Origin { file: fi, line },
         });
     }
+    set
 }
 
-fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overrides) {
-    let api = b.file(API);
+/// Infected subscribers from files and the operator's flags and clears.
+fn compile_infected(
+    errors: &mut Vec<PolicyError>,
+    files: &[Located<InfectedEntry>],
+    o: &Overrides,
+) -> InfectedSet {
+    let mut set = InfectedSet::default();
+    let mut interned: FxHashMap<Box<str>, u32> = FxHashMap::default();
+    let api = file_index(&mut set.files, API);
     let api_prefixes: HashSet<IpNet> = o.infected.iter().map(|e| e.prefix.0).collect();
     let cleared: HashMap<IpNet, i64> = o.cleared.iter().copied().collect();
     let total: usize = files.iter().map(|l| l.entries.len()).sum::<usize>() + o.infected.len();
-    b.snap.infections.reserve_exact(total);
-    b.snap.infected.reserve_v4(32, total);
-    let push = |b: &mut Builder, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
-        let idx = b.snap.infections.len() as u32;
-        if b.snap.infected.insert(e.prefix.0, idx).is_some() {
-            b.err(
+    set.entries.reserve_exact(total);
+    set.map.reserve_v4(32, total);
+    let mut push = |set: &mut InfectedSet, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
+        let idx = set.entries.len() as u32;
+        if set.map.insert(e.prefix.0, idx).is_some() {
+            errors.push(PolicyError::at(
                 file,
-                line,
+                line as usize,
                 format!("infected subscriber {} is listed twice", e.prefix),
-            );
+            ));
             return;
         }
         if let Some(t) = &e.ticket {
-            b.snap.tickets.insert(idx, t.as_str().into());
+            set.tickets.insert(idx, t.as_str().into());
         }
-        let family = b.intern(&e.family);
-        let source = b.intern(&e.source);
-        b.snap.infections.push(Infection {
+        let mut intern = |s: &str| {
+            if let Some(i) = interned.get(s) {
+                return *i;
+            }
+            let i = set.strings.len() as u32;
+            set.strings.push(s.into());
+            interned.insert(s.into(), i);
+            i
+        };
+        let family = intern(&e.family);
+        let source = intern(&e.source);
+        set.entries.push(Infection {
             prefix: e.prefix.0,
             family,
             source,
@@ -544,7 +575,7 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
         });
     };
     for l in files {
-        let fi = b.file(&l.file);
+        let fi = file_index(&mut set.files, &l.file);
         for (line, e) in &l.entries {
             if api_prefixes.contains(&e.prefix.0) {
                 continue;
@@ -555,13 +586,14 @@ fn compile_infected(b: &mut Builder, files: &[Located<InfectedEntry>], o: &Overr
             {
                 continue;
             }
-            push(b, fi, &l.file, *line, e);
+            push(&mut set, fi, &l.file, *line, e);
         }
     }
     for e in &o.infected {
-        push(b, api, API, 0, e);
+        push(&mut set, api, API, 0, e);
     }
-    b.snap.infected.shrink_to_fit();
+    set.map.shrink_to_fit();
+    set
 }
 
 fn compile_mode(

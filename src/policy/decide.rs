@@ -358,10 +358,7 @@ fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i6
 
     // Row 4: trusted zones. An enrolment's own profile wins over the global one.
     let zone = match client.enrolment {
-        Some(e) => snap
-            .enrolments
-            .get(e as usize)
-            .map(|en| (en.profile, false)),
+        Some(e) => snap.enrolment(e).map(|en| (en.profile, false)),
         None => None,
     }
     .or_else(|| {
@@ -384,7 +381,7 @@ pub fn active_release(
     now: i64,
 ) -> Option<i64> {
     let (at, until) = client.released?;
-    let first_seen = snap.infections.get(infection as usize)?.first_seen;
+    let first_seen = snap.infection(infection)?.first_seen;
     (at >= first_seen && now < until).then_some(until)
 }
 

@@ -53,7 +53,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
     }
     if let Some((idx, i)) = client
         .infection
-        .and_then(|i| snap.infections.get(i as usize).map(|inf| (i, inf)))
+        .and_then(|i| snap.infection(i).map(|inf| (i, inf)))
     {
         details.push(format!(
             "infected: {} family {} reported by {} first seen {}{} ({})",
@@ -64,7 +64,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             snap.ticket(idx)
                 .map(|t| format!(" ticket {t}"))
                 .unwrap_or_default(),
-            snap.origin_text(i.origin)
+            snap.infected.origin_text(i.origin)
         ));
     }
     if let Some(o) = client
@@ -77,13 +77,10 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             o.name,
             o.standing,
             o.grace_hours,
-            snap.origin_text(o.origin)
+            snap.organisation_origin_text(o.origin)
         ));
     }
-    if let Some(e) = client
-        .enrolment
-        .and_then(|e| snap.enrolments.get(e as usize))
-    {
+    if let Some(e) = client.enrolment.and_then(|e| snap.enrolment(e)) {
         let p = snap
             .profiles
             .get(e.profile as usize)
@@ -93,7 +90,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             e.prefix,
             e.enabled_by,
             when(e.enabled_at),
-            snap.origin_text(e.origin)
+            snap.enrolled.origin_text(e.origin)
         ));
     }
     if snap.mode.trusted_only_at(now) {

@@ -78,7 +78,7 @@ pub fn sources(extra: &[(&str, &str)]) -> SourceSet {
             .iter()
             .map(|(n, t)| ((*n).to_owned(), format!("allowlists/{n}"), (*t).to_owned()))
             .collect(),
-        feeds: Vec::new(),
+        ..SourceSet::default()
     }
 }
 

@@ -30,7 +30,8 @@ pub use sources::{Mode, PolicyError, SourceSet, Standing};
 /// Where an entry came from: a file and line, or the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
-    /// Index into [`Snapshot::files`].
+    /// Index into the `files` of the table holding the entry ([`Snapshot::files`],
+    /// [`InfectedSet::files`] or [`EnrolmentSet::files`]).
     pub file: u16,
     /// 1-based line, 0 when unknown.
     pub line: u32,
@@ -41,9 +42,9 @@ pub struct Origin {
 pub struct Infection {
     /// The subscriber's address or prefix.
     pub prefix: IpNet,
-    /// Index into [`Snapshot::strings`]: malware family or signature.
+    /// Index into [`InfectedSet::strings`]: malware family or signature.
     pub family: u32,
-    /// Index into [`Snapshot::strings`]: who reported it.
+    /// Index into [`InfectedSet::strings`]: who reported it.
     pub source: u32,
     /// Unix seconds.
     pub first_seen: i64,
@@ -259,6 +260,57 @@ pub struct ClientView {
     pub feed_client: Option<(u16, rpz::Rule)>,
 }
 
+/// `file:line` of an origin in a table of file names.
+fn origin_text(files: &[String], o: Origin) -> String {
+    let file = files.get(o.file as usize).map_or("?", |s| s.as_str());
+    if o.line > 0 {
+        format!("{file}:{}", o.line)
+    } else {
+        file.to_owned()
+    }
+}
+
+/// Infected subscribers compiled from the `infected*` files and the operator's flags, clears
+/// and self-releases' inputs. A part of the snapshot of its own, so that a reload that changes
+/// something else (a mode flip, one enrolment) reuses it instead of rebuilding a million entries.
+#[derive(Debug, Default)]
+pub struct InfectedSet {
+    pub(crate) map: PrefixMap<u32>,
+    /// Infected subscribers (kept small: a million of them is normal).
+    pub entries: Vec<Infection>,
+    /// Ticket references by infection index (most feed entries have none).
+    pub tickets: rustc_hash::FxHashMap<u32, Box<str>>,
+    /// Interned strings (families, sources).
+    pub strings: Vec<Box<str>>,
+    /// Files the entries came from (`Origin::file` indexes this).
+    pub files: Vec<String>,
+}
+
+impl InfectedSet {
+    /// `file:line` where an infection was declared.
+    pub fn origin_text(&self, o: Origin) -> String {
+        origin_text(&self.files, o)
+    }
+}
+
+/// Trusted-zone enrolments compiled from the `enrolments*` files and the operator's changes;
+/// shared between snapshots like [`InfectedSet`].
+#[derive(Debug, Default)]
+pub struct EnrolmentSet {
+    pub(crate) map: PrefixMap<u32>,
+    /// Enrolments.
+    pub entries: Vec<Enrolment>,
+    /// Files the entries came from (`Origin::file` indexes this).
+    pub files: Vec<String>,
+}
+
+impl EnrolmentSet {
+    /// `file:line` where an enrolment was declared.
+    pub fn origin_text(&self, o: Origin) -> String {
+        origin_text(&self.files, o)
+    }
+}
+
 /// One immutable, validated version of the whole policy. Built by [`compile`], swapped whole.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -266,17 +318,11 @@ pub struct Snapshot {
     pub generation: u64,
     /// Files the entries came from (`Origin::file` indexes this).
     pub files: Vec<String>,
-    /// Interned strings (families, sources).
-    pub strings: Vec<Box<str>>,
     pub(crate) acl: PrefixMap<()>,
-    pub(crate) infected: PrefixMap<u32>,
-    /// Infected subscribers (kept small: a million of them is normal).
-    pub infections: Vec<Infection>,
-    /// Ticket references by infection index (most feed entries have none).
-    pub tickets: rustc_hash::FxHashMap<u32, Box<str>>,
-    pub(crate) enrolled: PrefixMap<u32>,
-    /// Trusted-zone enrolments.
-    pub enrolments: Vec<Enrolment>,
+    /// Infected subscribers (shared with the previous snapshot while their sources are unchanged).
+    pub infected: Arc<InfectedSet>,
+    /// Trusted-zone enrolments (shared with the previous snapshot while their sources are unchanged).
+    pub enrolled: Arc<EnrolmentSet>,
     pub(crate) org_nets: PrefixMap<u32>,
     /// Whitelisted organisations.
     pub organisations: Vec<Organisation>,
@@ -310,9 +356,9 @@ impl Snapshot {
         let ip = prefix::canonical_ip(ip);
         ClientView {
             served: self.acl.contains(ip),
-            infection: self.infected.longest_match(ip).map(|(_, i)| *i),
+            infection: self.infected.map.longest_match(ip).map(|(_, i)| *i),
             organisation: self.org_nets.longest_match(ip).map(|(_, i)| *i),
-            enrolment: self.enrolled.longest_match(ip).map(|(_, i)| *i),
+            enrolment: self.enrolled.map.longest_match(ip).map(|(_, i)| *i),
             exempt: self.exempt.contains(ip),
             released: self.released.longest_match(ip).map(|(_, r)| *r),
             feed_client: self
@@ -328,24 +374,34 @@ impl Snapshot {
         self.org_nets.longest_match(ip).map(|(_, i)| *i)
     }
 
+    /// Infection `i` (an index from [`ClientView::infection`]).
+    pub fn infection(&self, i: u32) -> Option<&Infection> {
+        self.infected.entries.get(i as usize)
+    }
+
+    /// Every infected subscriber.
+    pub fn infections(&self) -> &[Infection] {
+        &self.infected.entries
+    }
+
+    /// Enrolment `i` (an index from [`ClientView::enrolment`]).
+    pub fn enrolment(&self, i: u32) -> Option<&Enrolment> {
+        self.enrolled.entries.get(i as usize)
+    }
+
     /// The ticket reference of an infection.
     pub fn ticket(&self, infection: u32) -> Option<&str> {
-        self.tickets.get(&infection).map(|t| &**t)
+        self.infected.tickets.get(&infection).map(|t| &**t)
     }
 
-    /// An interned string.
+    /// An interned infection string (family, source).
     pub fn string(&self, i: u32) -> &str {
-        self.strings.get(i as usize).map_or("", |s| s)
+        self.infected.strings.get(i as usize).map_or("", |s| s)
     }
 
-    /// `file:line` of an origin.
-    pub fn origin_text(&self, o: Origin) -> String {
-        let file = self.files.get(o.file as usize).map_or("?", |s| s.as_str());
-        if o.line > 0 {
-            format!("{file}:{}", o.line)
-        } else {
-            file.to_owned()
-        }
+    /// `file:line` of an organisation's origin (infections and enrolments: ask their part).
+    pub fn organisation_origin_text(&self, o: Origin) -> String {
+        origin_text(&self.files, o)
     }
 
     /// Index of a profile by name.
@@ -364,8 +420,8 @@ impl Snapshot {
     /// Loaded counts, for status and metrics.
     pub fn counts(&self) -> Counts {
         Counts {
-            infected: self.infections.len(),
-            enrolments: self.enrolments.len(),
+            infected: self.infected.entries.len(),
+            enrolments: self.enrolled.entries.len(),
             organisations: self.organisations.len(),
             profiles: self.profiles.len(),
             services: self.services.len(),

@@ -662,6 +662,11 @@ pub struct SourceSet {
     pub allowlist_files: Vec<(String, String, String)>,
     /// Threat feeds, already compiled (see `store`), in evaluation order.
     pub feeds: Vec<super::Feed>,
+    /// Infected subscribers compiled earlier from the same files and overrides: used as they
+    /// are, and `infected*` files are not parsed (the store decides when this is safe).
+    pub reuse_infected: Option<std::sync::Arc<super::InfectedSet>>,
+    /// Enrolments compiled earlier from the same files, overrides and profiles.
+    pub reuse_enrolled: Option<std::sync::Arc<super::EnrolmentSet>>,
 }
 
 /// A file or directory that could not be read.
@@ -706,11 +711,31 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
 impl SourceSet {
     /// Reads the policy directory (if any) and the allowlists directory.
     pub fn read(policy_dir: Option<&Path>, allowlists: &Path) -> Result<Self, ReadError> {
+        Self::read_except(policy_dir, allowlists, |_| false)
+    }
+
+    /// The policy files in `dir` (sorted), without reading them.
+    pub fn policy_paths(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
+        Ok(read_dir_sorted(dir)?
+            .into_iter()
+            .filter(|p| {
+                p.is_file() && is_policy_file(p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
+            })
+            .collect())
+    }
+
+    /// As [`SourceSet::read`], leaving out the policy files whose name `skip` accepts (their
+    /// compiled form is reused).
+    pub fn read_except(
+        policy_dir: Option<&Path>,
+        allowlists: &Path,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<Self, ReadError> {
         let mut set = SourceSet::default();
         if let Some(dir) = policy_dir {
             for path in read_dir_sorted(dir)? {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if path.is_file() && is_policy_file(name) {
+                if path.is_file() && is_policy_file(name) && !skip(name) {
                     set.policy_files
                         .push((path.display().to_string(), read_text(&path)?));
                 }

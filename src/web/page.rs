@@ -120,7 +120,7 @@ async fn visitor(s: &PageState, snap: &Snapshot, ip: IpAddr) -> Visitor {
             if let Some(until) = active_release(snap, &client, infection, t) {
                 return Visitor::Released { until };
             }
-            let prefix = snap.infections.get(infection as usize).map(|i| i.prefix);
+            let prefix = snap.infection(infection).map(|i| i.prefix);
             let used = match prefix {
                 Some(p) => {
                     let st = s.store.state().clone();
@@ -140,7 +140,7 @@ async fn visitor(s: &PageState, snap: &Snapshot, ip: IpAddr) -> Visitor {
     }
     let profile = client
         .enrolment
-        .and_then(|e| snap.enrolments.get(e as usize))
+        .and_then(|e| snap.enrolment(e))
         .map(|e| e.profile)
         .or_else(|| {
             (snap.mode.trusted_only_at(t) && !client.exempt).then_some(snap.global_profile)
@@ -310,7 +310,7 @@ fn quarantine_body(
     releases_left: u32,
     token: &str,
 ) -> String {
-    let Some(i) = snap.infections.get(infection as usize) else {
+    let Some(i) = snap.infection(infection) else {
         return String::new();
     };
     let family = snap.string(i.family);
@@ -577,7 +577,7 @@ async fn release(
             ),
         );
     }
-    let Some(prefix) = snap.infections.get(infection as usize).map(|i| i.prefix) else {
+    let Some(prefix) = snap.infection(infection).map(|i| i.prefix) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let t = now();
