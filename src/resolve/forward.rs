@@ -192,7 +192,15 @@ impl Forward {
             return Err(e.to_string());
         }
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(msg)) => Ok(msg),
+            Ok(Ok(mut msg)) => {
+                // Undo our own case mix: records owned by the asked name get its case back.
+                for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()) {
+                    if r.name.eq_case(&asked) {
+                        r.name = name.clone();
+                    }
+                }
+                Ok(msg)
+            }
             _ => {
                 sock.waiting.lock().await.remove(&id);
                 Err(format!(

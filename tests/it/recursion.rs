@@ -167,11 +167,16 @@ fn forward_mode_answers_from_the_upstream() {
     );
     let m = query(cp.dns, client(), "www.alpha.example.", RecordType::A);
     assert_eq!(addresses(&m), vec!["192.0.2.99"]);
+    // The forwarder mixes the case of the name it sends upstream (DNS 0x20); the client must
+    // not see that mix in the answer.
+    let owners: Vec<String> = m.answers.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(owners, vec!["www.alpha.example."]);
     let m = query(cp.dns, client(), "nope.alpha.example.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(upstream.count("www.alpha.example", RecordType::A) >= 1);
     let d = dig(cp.dns, None, "www.alpha.example", "A", &[]);
     assert_eq!(d.answers.len(), 1, "{}", d.text);
+    assert!(d.answers[0].starts_with("www.alpha.example."), "{}", d.text);
 }
 
 #[test]

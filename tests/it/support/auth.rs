@@ -211,6 +211,15 @@ fn lookup(d: &Data, qname: &Name, qtype: RecordType, resp: &mut Message) {
         return;
     }
     resp.metadata.authoritative = true;
+    // Records owned by the asked name carry the question's case, as Knot and BIND answer (their
+    // owner is a compression pointer to the question).
+    let owned = |r: &Record| {
+        let mut r = r.clone();
+        if r.name == *qname {
+            r.name = qname.clone();
+        }
+        r
+    };
     let mut name = qname.clone();
     for _ in 0..8 {
         let at: Vec<&Record> = zone.records.iter().filter(|r| r.name == name).collect();
@@ -220,11 +229,11 @@ fn lookup(d: &Data, qname: &Name, qtype: RecordType, resp: &mut Message) {
             .filter(|r| r.record_type() == qtype)
             .collect();
         if !matching.is_empty() {
-            resp.add_answers(matching.into_iter().cloned());
+            resp.add_answers(matching.into_iter().map(owned));
             return;
         }
         if let Some(cname) = at.iter().find(|r| r.record_type() == RecordType::CNAME) {
-            resp.add_answer((*cname).clone());
+            resp.add_answer(owned(cname));
             let RData::CNAME(target) = &cname.data else {
                 return;
             };
