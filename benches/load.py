@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--enrolments", type=int, default=0)
     ap.add_argument("--feed", type=int, default=0, help="names in an RPZ threat feed loaded by both servers")
     ap.add_argument("--reload", action="store_true", help="also measure cleanpipe while its policy reloads every 2 s")
-    ap.add_argument("--misses", type=int, default=0, help="also measure forwarding of N never-cached names vs the upstream alone")
+    ap.add_argument("--misses", type=int, default=0, help="also measure forwarding of N never-cached names per run (cleanpipe and Unbound) vs the upstream alone")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/cleanpipe"))
     args = ap.parse_args()
     for t in ("dnsperf", "unbound", "knotd", "dig"):
@@ -111,7 +111,8 @@ def main():
             z.write("$ORIGIN bench.lab.\n$TTL 3600\n@ SOA ns hostmaster 1 3600 600 86400 3600\n@ NS ns\nns A 127.0.77.1\n")
             for i in range(args.names):
                 z.write(f"n{i} A 192.0.2.{i % 250 + 1}\n")
-            for i in range(args.misses):
+            # Never-cached names: a fresh set for each server in each round.
+            for i in range(args.misses * 2 * max(args.rounds, 1)):
                 z.write(f"m{i} A 198.51.100.{i % 250 + 1}\n")
         qfile = os.path.join(work, "queries.txt")
         with open(qfile, "w") as q:
@@ -236,17 +237,31 @@ def main():
         # 5c. forwarding of names never seen before, against the upstream alone.
         miss_rows = []
         if args.misses:
-            mfile = os.path.join(work, "misses.txt")
-            with open(mfile, "w") as q:
-                for i in range(args.misses):
-                    q.write(f"m{i}.bench.lab A\n")
-            for label, port in (("upstream (Knot) alone", AUTH[1]), ("cleanpipe forwarding, cache misses", 5301)):
-                cmd = ["dnsperf", "-s", AUTH[0] if port == AUTH[1] else "127.0.0.1", "-p", str(port), "-d", mfile,
-                       "-n", "1", "-c", "8", "-T", "2", "-q", "200", "-t", "3"]
-                out = subprocess.run(cmd, capture_output=True, text=True).stdout
-                qps = next((float(l.split(":", 1)[1].split()[0]) for l in out.splitlines() if l.strip().startswith("Queries per second")), 0.0)
-                lost = next((float(l.split(":", 1)[1].split()[0]) for l in out.splitlines() if l.strip().startswith("Queries lost")), 0.0)
-                miss_rows.append((label, qps, lost))
+            servers_m = (("upstream (Knot) alone", AUTH[0], AUTH[1]),
+                         ("cleanpipe forwarding, cache misses", "127.0.0.1", 5301),
+                         ("Unbound forwarding, cache misses", "127.0.0.1", 5302))
+            got = {label: [] for label, _, _ in servers_m}
+            for r in range(max(args.rounds, 1)):
+                for k, (label, host, port) in enumerate(servers_m):
+                    # cleanpipe and Unbound each get names neither has seen; Knot has no cache.
+                    base = args.misses * (2 * r + (1 if k == 2 else 0))
+                    mfile = os.path.join(work, f"misses-{r}-{k}.txt")
+                    with open(mfile, "w") as q:
+                        for i in range(base, base + args.misses):
+                            q.write(f"m{i}.bench.lab A\n")
+                    pid = {5301: cp.pid, 5302: ub.pid}.get(port)
+                    before = cpu_seconds(pid) if pid else 0.0
+                    cmd = ["dnsperf", "-s", host, "-p", str(port), "-d", mfile,
+                           "-n", "1", "-c", "8", "-T", "2", "-q", "200", "-t", "3"]
+                    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+                    grab = lambda key: next((float(l.split(":", 1)[1].split()[0]) for l in out.splitlines() if l.strip().startswith(key)), 0.0)
+                    done = grab("Queries completed")
+                    cpu = (cpu_seconds(pid) - before) / max(done, 1) * 1e6 if pid else 0.0
+                    got[label].append((grab("Queries per second"), grab("Queries lost"), cpu))
+            for label, _, _ in servers_m:
+                rows = got[label]
+                miss_rows.append((label, statistics.median(x[0] for x in rows), sum(x[1] for x in rows),
+                                  statistics.median(x[2] for x in rows)))
 
         # 6. table
         print()
@@ -274,11 +289,13 @@ def main():
                 print(f"throughput dip, {label}: {100 * (1 - qps / max(reload_rows[0][1], 1)):.1f} %")
         if miss_rows:
             print()
-            print(f"| {args.misses} never-cached names | queries/s | lost |")
-            print("|---|---|---|")
-            for label, qps, lost in miss_rows:
-                print(f"| {label} | {qps:.0f} | {lost:.0f} |")
-            print(f"forwarding / upstream alone: {miss_rows[1][1] / max(miss_rows[0][1], 1):.2f}")
+            print(f"| {args.misses} never-cached names per run, {args.rounds} rounds | queries/s (median) | lost (total) | forwarder CPU µs/query (median) |")
+            print("|---|---|---|---|")
+            for label, qps, lost, cpu in miss_rows:
+                print(f"| {label} | {qps:.0f} | {lost:.0f} | {cpu:.2f} |" if cpu else f"| {label} | {qps:.0f} | {lost:.0f} | — |")
+            up = max(miss_rows[0][1], 1)
+            print(f"forwarding / upstream alone: cleanpipe {miss_rows[1][1] / up:.2f}, Unbound {miss_rows[2][1] / up:.2f}; "
+                  f"cleanpipe / Unbound: queries/s {miss_rows[1][1] / max(miss_rows[2][1], 1):.2f}, CPU per miss {miss_rows[1][3] / max(miss_rows[2][3], 1e-9):.2f}")
     finally:
         for p in procs:
             try:
