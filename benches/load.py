@@ -189,6 +189,8 @@ def main():
                 results[name].append((qps, lost, cpu / max(done, 1) * 1e6))
                 print(f"round {r + 1} {name:9}: {qps:9.0f} q/s  lost {lost:5.0f}  {cpu / max(done, 1) * 1e6:6.2f} µs CPU/query")
 
+        rss = {name: rss_mib(pid) for name, (_, pid) in servers.items()}  # before misses fill caches
+
         # 5. latency at a fixed offered load
         lat = {}
         for name, (port, _) in servers.items():
@@ -266,7 +268,7 @@ def main():
         # 6. table
         print()
         print(f"machine: {os.cpu_count()} cores; dnsperf -c 8 -T 2 -q 500, {args.rounds} rounds x {args.seconds}s, {args.names} cached names")
-        print(f"| server | queries/s (median) | lost (total) | server CPU µs/query (median) | p50 / p99 ms at {args.fixed_qps} q/s | RSS MiB |")
+        print(f"| server | queries/s (median) | lost (total) | server CPU µs/query (median) | p50 / p99 ms at {args.fixed_qps} q/s | RSS MiB after the rounds |")
         print("|---|---|---|---|---|---|")
         med = {}
         for name, (port, pid) in servers.items():
@@ -275,7 +277,7 @@ def main():
             cpu = statistics.median(x[2] for x in results[name])
             med[name] = (qps, cpu)
             p50, p99, n = lat[name]
-            print(f"| {name} | {qps:.0f} | {lost:.0f} | {cpu:.2f} | {p50:.2f} / {p99:.2f} (n={n}) | {rss_mib(pid):.0f} |")
+            print(f"| {name} | {qps:.0f} | {lost:.0f} | {cpu:.2f} | {p50:.2f} / {p99:.2f} (n={n}) | {rss[name]:.0f} (at the end: {rss_mib(pid):.0f}) |")
         print()
         print(f"ratios cleanpipe/unbound: queries/s {med['cleanpipe'][0] / med['unbound'][0]:.2f}, "
               f"CPU per query {med['cleanpipe'][1] / med['unbound'][1]:.2f}")
