@@ -332,6 +332,10 @@ impl PolicyStore {
             ..self.options.clone()
         };
         let snapshot = compile(&sources, &overrides, &options).map_err(ReloadError::Invalid)?;
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p, _| paths.contains(p));
         let mut parts = self.lock_parts();
         parts.infected = Some((infected_key, snapshot.infected.clone()));
         parts.enrolled = Some((enrol_key, snapshot.enrolled.clone()));

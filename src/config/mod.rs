@@ -874,6 +874,15 @@ mod tests {
     }
 
     #[test]
+    fn reload_nice_defaults_low_and_rejects_out_of_range() {
+        let c = Config::from_str_in("", "c.yaml", Path::new(".")).expect("empty is valid");
+        assert_eq!(c.policy.reload_nice, 19);
+        let err = Config::from_str_in("policy:\n  reload_nice: 20\n", "c.yaml", Path::new("."))
+            .expect_err("20 is not a niceness");
+        assert!(err.to_string().contains("policy.reload_nice"), "{err}");
+    }
+
+    #[test]
     fn shipped_production_example_parses() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/production.yaml");
         let c = Config::from_path(&p).expect("examples/production.yaml must stay valid");
