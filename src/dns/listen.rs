@@ -65,6 +65,43 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Fails if anyone already holds `addr`. SO_REUSEPORT, which the serving threads need, would
+/// otherwise let a second instance (or another DNS server of the same user) bind the same
+/// address and silently take a share of the queries. The probe binds without SO_REUSEPORT and
+/// is closed again before the real sockets are bound.
+fn ensure_free(addr: SocketAddr) -> Result<(), ListenError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    for (ty, proto, name) in [
+        (Type::DGRAM, Protocol::UDP, "udp"),
+        (Type::STREAM, Protocol::TCP, "tcp"),
+    ] {
+        let err = |source: io::Error| ListenError::Bind {
+            addr,
+            proto: name,
+            source: if source.kind() == io::ErrorKind::AddrInUse {
+                io::Error::new(
+                    source.kind(),
+                    format!("{source}: another cleanpipe or DNS server is serving it"),
+                )
+            } else {
+                source
+            },
+        };
+        let s = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true).map_err(err)?;
+        }
+        if name == "tcp" {
+            // Connections of an earlier run still in TIME_WAIT do not make the port taken.
+            s.set_reuse_address(true).map_err(err)?;
+        }
+        s.bind(&addr.into()).map_err(err)?;
+    }
+    Ok(())
+}
+
 fn bind_udp(addr: SocketAddr, rcvbuf: usize) -> Result<std::net::UdpSocket, ListenError> {
     let err = |source| ListenError::Bind {
         addr,
@@ -127,6 +164,7 @@ impl Listeners {
         let mut per_thread: Vec<Vec<(std::net::UdpSocket, std::net::TcpListener)>> =
             (0..threads).map(|_| Vec::new()).collect();
         for &want in &config.dns {
+            ensure_free(want)?;
             let mut addr = want;
             for sockets in per_thread.iter_mut() {
                 let udp = bind_udp(addr, config.udp_receive_buffer)?;

@@ -258,6 +258,65 @@ fn sigterm_shuts_down_cleanly() {
 }
 
 #[test]
+fn a_second_instance_on_the_same_address_refuses_to_start() {
+    // SO_REUSEPORT would let it bind and silently take a share of the first one's queries.
+    let upstream = support::start_server(
+        "127.0.99.7",
+        5354,
+        vec![support::auth::Zone::parse(
+            "alpha.example.",
+            "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 192.0.2.99\n",
+        )],
+    );
+    let resolver = "  mode: forward\n  forward:\n    - address: 127.0.99.7\n      port: 5354";
+    let first = Cleanpipe::start(resolver, "", &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = tmp.path().join("second.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  dns: [\"{}\"]\nclients:\n  allow: [127.0.0.0/8]\nresolver:\n{resolver}\nadmin:\n  listen: null\nweb:\n  listen: []\nstate:\n  path: {}\npolicy:\n  allowlists: {}\n",
+            first.dns,
+            tmp.path().join("state.sqlite").display(),
+            support::repo_allowlists().display()
+        ),
+    )
+    .expect("config");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("second instance starts");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second instance on {} kept running", first.dns);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&first.dns.to_string()) && stderr.contains("another cleanpipe"),
+        "the error names the address and the likely cause: {stderr}"
+    );
+    // The first instance still answers every query itself.
+    for _ in 0..20 {
+        let m = query(first.dns, client(), "www.alpha.example.", RecordType::A);
+        assert_eq!(addresses(&m), vec!["192.0.2.99"]);
+    }
+    assert!(upstream.count("www.alpha.example", RecordType::A) >= 1);
+}
+
+#[test]
 fn forwarder_retries_truncated_answers_over_tcp() {
     let big: String = (0..10)
         .map(|i| format!("big 300 IN TXT \"{}{}\"\n", i, "y".repeat(200)))
