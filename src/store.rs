@@ -149,6 +149,21 @@ struct Parts {
     enrolled: Option<(EnrolKey, Arc<EnrolmentSet>)>,
 }
 
+/// `(display path, digest)` of the texts read for the policy files whose name starts with
+/// `prefix`.
+fn text_digests(sources: &SourceSet, prefix: &str) -> Vec<(String, Digest)> {
+    sources
+        .policy_files
+        .iter()
+        .filter(|(path, _)| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .map(|(path, text)| (path.clone(), digest(&[text.as_bytes()])))
+        .collect()
+}
+
 /// The cached part if it was compiled from exactly `key`.
 fn reusable<K: PartialEq, V>(cached: &Option<(K, Arc<V>)>, key: &K) -> Option<Arc<V>> {
     match cached {
@@ -169,9 +184,16 @@ fn lower_thread_priority(nice: u8) {
     }
 }
 
-/// Identity of a file's content as far as the file system tells: size, mtime, inode.
+/// Identity of a file's content as far as the file system tells: size, inode, mtime and ctime.
+/// ctime matters: tools that preserve modification times (`rsync -t --inplace`, `touch -d`)
+/// cannot set it, and every write or rename moves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp(u64, i64, i64, u64);
+struct FileStamp {
+    len: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
 
 /// Files changed more recently than this are never trusted by their stamp alone: within the
 /// file system's timestamp granularity a second write of the same size would keep the same
@@ -182,11 +204,21 @@ const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 fn stamp(path: &std::path::Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    let age = std::time::SystemTime::now().duration_since(m.modified().ok()?);
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(m.ctime()).ok()?,
+            u32::try_from(m.ctime_nsec()).ok()?,
+        );
+    let age = std::time::SystemTime::now().duration_since(changed);
     if age.map_or(true, |a| a < RACY) {
         return None;
     }
-    Some(FileStamp(m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    Some(FileStamp {
+        len: m.len(),
+        ino: m.ino(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
 }
 
 /// Returns freed heap memory to the system (glibc keeps it otherwise: a million-entry compile
@@ -311,13 +343,23 @@ impl PolicyStore {
                 skip_infected && n.starts_with("infected")
             })
             .map_err(|e| ReloadError::Read(e.to_string()))?;
+        // Keys are the digests of the texts actually compiled (a file rewritten between the
+        // check above and the read is then compiled again next time, never mislabelled).
+        let infected_key = if skip_infected {
+            infected_key
+        } else {
+            InfectedKey {
+                files: text_digests(&sources, "infected"),
+                ..infected_key
+            }
+        };
         let allowlists: Vec<&[u8]> = sources
             .allowlist_files
             .iter()
             .flat_map(|(rel, _, text)| [rel.as_bytes(), text.as_bytes()])
             .collect();
         let enrol_key = EnrolKey {
-            files: self.file_digests(&paths, "enrolments")?,
+            files: text_digests(&sources, "enrolments"),
             enrolled: overrides.enrolments.clone(),
             unenrolled: overrides.unenrolled.clone(),
             allowlists: digest(&allowlists),
@@ -342,8 +384,9 @@ impl PolicyStore {
         Ok(snapshot)
     }
 
-    /// `(display path, content digest)` of the policy files whose name starts with `prefix`.
-    /// A file whose settled stamp is unchanged since it was last hashed is not read again.
+    /// `(display path, content digest)` of the policy files whose name starts with `prefix`,
+    /// to decide whether a part can be reused without reading its files: a file whose settled
+    /// stamp is unchanged since it was last hashed is not read again.
     fn file_digests(
         &self,
         paths: &[PathBuf],
@@ -369,7 +412,7 @@ impl PolicyStore {
                 None => {
                     let bytes = std::fs::read(path)
                         .map_err(|e| ReloadError::Read(format!("{}: {e}", path.display())))?;
-                    let d = digest(&[&bytes]);
+                    let d = digest(&[bytes.as_slice()]);
                     if let Some(st) = st {
                         self.digests
                             .lock()
@@ -674,5 +717,50 @@ mod tests {
         .expect("write");
         s.reload().expect("fixed");
         assert_eq!(infected_of(&s, "192.0.2.9").as_deref(), Some("X"));
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+
+    /// `rsync -t --inplace` or `touch -d` can rewrite a file with the same size and the old
+    /// modification time; the change time still moves, and the content is what counts.
+    #[test]
+    fn a_same_size_rewrite_with_the_old_mtime_is_not_mistaken_for_the_old_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let infected = dir.path().join("infected-feed.csv");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write = |text: &str| {
+            std::fs::write(&infected, text).expect("write");
+            std::fs::File::options()
+                .write(true)
+                .open(&infected)
+                .and_then(|f| f.set_modified(old))
+                .expect("mtime");
+        };
+        write("prefix,family,source,first_seen\n192.0.2.1,Mirai,feed,2026-11-20T08:00:00Z\n");
+        let text = format!(
+            "policy:\n  dir: {}\n  allowlists: {}/allowlists\n",
+            dir.path().display(),
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let config = Config::from_str_in(&text, "t.yaml", dir.path()).expect("config");
+        let store = PolicyStore::open(&config, Arc::new(StateDb::in_memory().expect("state")))
+            .expect("first load");
+        // Let the change time settle, reload so the stamp is remembered, then rewrite.
+        std::thread::sleep(RACY + std::time::Duration::from_millis(200));
+        store.reload().expect("reload");
+        assert!(stamp(&infected).is_some(), "settled");
+        write("prefix,family,source,first_seen\n192.0.2.1,Emotx,feed,2026-11-20T08:00:00Z\n");
+        std::thread::sleep(RACY + std::time::Duration::from_millis(200));
+        store.reload().expect("reload");
+        let snap = store.snapshot();
+        let view = snap.classify("192.0.2.1".parse().expect("ip"));
+        let family = view
+            .infection
+            .and_then(|i| snap.infection(i))
+            .map(|i| snap.string(i.family));
+        assert_eq!(family, Some("Emotx"));
     }
 }
