@@ -149,6 +149,14 @@ struct Parts {
     enrolled: Option<(EnrolKey, Arc<EnrolmentSet>)>,
 }
 
+/// A policy file with the digest of its content and, if it was read, its text.
+struct DigestedFile {
+    path: PathBuf,
+    display: String,
+    digest: Digest,
+    text: Option<String>,
+}
+
 /// `(display path, digest)` of the texts read for the policy files whose name starts with
 /// `prefix`.
 fn text_digests(sources: &SourceSet, prefix: &str) -> Vec<(String, Digest)> {
@@ -329,30 +337,50 @@ impl PolicyStore {
             }
             None => Vec::new(),
         };
-        let infected_key = InfectedKey {
-            files: self.file_digests(&paths, "infected")?,
+        // Infected lists are the big files: each is read at most once per reload, and not at
+        // all when its settled stamp vouches for its digest and the part is reused.
+        let mut infected = self.digested_files(&paths, "infected")?;
+        let candidate = InfectedKey {
+            files: infected
+                .iter()
+                .map(|f| (f.display.clone(), f.digest))
+                .collect(),
             flagged: overrides.infected.clone(),
             cleared: overrides.cleared.clone(),
         };
         let reuse_infected = reuse
-            .then(|| reusable(&self.lock_parts().infected, &infected_key))
+            .then(|| reusable(&self.lock_parts().infected, &candidate))
             .flatten();
-        let skip_infected = reuse_infected.is_some();
+        if reuse_infected.is_none() {
+            // Compiled after all: read what the stamps spared. The key is then the digest of
+            // exactly the text compiled.
+            for f in infected.iter_mut().filter(|f| f.text.is_none()) {
+                let text = std::fs::read_to_string(&f.path)
+                    .map_err(|e| ReloadError::Read(format!("{}: {e}", f.display)))?;
+                f.digest = digest(&[text.as_bytes()]);
+                f.text = Some(text);
+            }
+        }
+        let infected_key = InfectedKey {
+            files: infected
+                .iter()
+                .map(|f| (f.display.clone(), f.digest))
+                .collect(),
+            ..candidate
+        };
         let mut sources =
             SourceSet::read_except(self.policy_dir.as_deref(), &self.allowlists, |n| {
-                skip_infected && n.starts_with("infected")
+                n.starts_with("infected")
             })
             .map_err(|e| ReloadError::Read(e.to_string()))?;
-        // Keys are the digests of the texts actually compiled (a file rewritten between the
-        // check above and the read is then compiled again next time, never mislabelled).
-        let infected_key = if skip_infected {
-            infected_key
-        } else {
-            InfectedKey {
-                files: text_digests(&sources, "infected"),
-                ..infected_key
-            }
-        };
+        if reuse_infected.is_none() {
+            sources.policy_files.extend(
+                infected
+                    .into_iter()
+                    .filter_map(|f| f.text.map(|t| (f.display, t))),
+            );
+            sources.policy_files.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         let allowlists: Vec<&[u8]> = sources
             .allowlist_files
             .iter()
@@ -384,21 +412,22 @@ impl PolicyStore {
         Ok(snapshot)
     }
 
-    /// `(display path, content digest)` of the policy files whose name starts with `prefix`,
-    /// to decide whether a part can be reused without reading its files: a file whose settled
-    /// stamp is unchanged since it was last hashed is not read again.
-    fn file_digests(
+    /// The policy files whose name starts with `prefix`, each with the digest of its content,
+    /// and its text when it had to be read for that: a file whose settled stamp is unchanged
+    /// since it was last hashed is not read.
+    fn digested_files(
         &self,
         paths: &[PathBuf],
         prefix: &str,
-    ) -> Result<Vec<(String, Digest)>, ReloadError> {
+    ) -> Result<Vec<DigestedFile>, ReloadError> {
         let mut out = Vec::new();
         for path in paths {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if !name.starts_with(prefix) {
                 continue;
             }
-            // The stamp is taken before reading: a write after it changes the mtime.
+            let display = path.display().to_string();
+            // The stamp is taken before reading: a write after it changes the ctime.
             let st = stamp(path);
             let known = self
                 .digests
@@ -407,22 +436,27 @@ impl PolicyStore {
                 .get(path)
                 .filter(|(s, _)| Some(*s) == st)
                 .map(|(_, d)| *d);
-            let d = match known {
-                Some(d) => d,
+            let (digest, text) = match known {
+                Some(d) => (d, None),
                 None => {
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| ReloadError::Read(format!("{}: {e}", path.display())))?;
-                    let d = digest(&[bytes.as_slice()]);
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| ReloadError::Read(format!("{display}: {e}")))?;
+                    let d = digest(&[text.as_bytes()]);
                     if let Some(st) = st {
                         self.digests
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(path.clone(), (st, d));
                     }
-                    d
+                    (d, Some(text))
                 }
             };
-            out.push((path.display().to_string(), d));
+            out.push(DigestedFile {
+                path: path.clone(),
+                display,
+                digest,
+                text,
+            });
         }
         Ok(out)
     }
