@@ -54,11 +54,17 @@ pub struct Listeners {
     pub addrs: Vec<SocketAddr>,
 }
 
-fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+/// A socket for `addr` of the given kind (IPv6 sockets serve IPv6 only).
+fn plain_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    Ok(s)
+}
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = plain_socket(addr, ty, proto)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -89,10 +95,7 @@ fn ensure_free(addr: SocketAddr) -> Result<(), ListenError> {
                 source
             },
         };
-        let s = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true).map_err(err)?;
-        }
+        let s = plain_socket(addr, ty, proto).map_err(err)?;
         if name == "tcp" {
             // Connections of an earlier run still in TIME_WAIT do not make the port taken.
             s.set_reuse_address(true).map_err(err)?;

@@ -733,9 +733,9 @@ impl SourceSet {
     ) -> Result<Self, ReadError> {
         let mut set = SourceSet::default();
         if let Some(dir) = policy_dir {
-            for path in read_dir_sorted(dir)? {
+            for path in Self::policy_paths(dir)? {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if path.is_file() && is_policy_file(name) && !skip(name) {
+                if !skip(name) {
                     set.policy_files
                         .push((path.display().to_string(), read_text(&path)?));
                 }
