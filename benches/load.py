@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, rss_mib, write_rpz
 CLK = os.sysconf("SC_CLK_TCK")
 AUTH = ("127.0.77.1", 5399)
 
@@ -42,14 +42,6 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def wait_udp(port, name, timeout=60):
@@ -144,10 +136,7 @@ def main():
         ub_rpz = ""
         if args.feed:
             rpz = os.path.join(work, "feed.rpz")
-            with open(rpz, "w") as f:
-                f.write("$ORIGIN feed.rpz.example.\n@ SOA ns.rpz.example. hostmaster.rpz.example. 1 3600 600 86400 300\n@ NS ns.rpz.example.\n")
-                for i in range(args.feed):
-                    f.write(f"c2-{i}.botnet-{i % 997}.example CNAME .\n")
+            write_rpz(rpz, "feed.rpz.example.", args.feed)
             feed_yaml = f"feeds:\n  - name: load-feed\n    file: {rpz}\n"
             ub_rpz = f"rpz:\n  name: feed.rpz.example\n  zonefile: {rpz}\n"
         cp_conf = os.path.join(work, "cleanpipe.yaml")

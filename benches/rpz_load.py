@@ -16,15 +16,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from benchlib import ROOT, rss_mib, write_rpz
 
 
 def answers_nx(port, name):
@@ -61,10 +53,7 @@ def main():
     work = tempfile.mkdtemp(prefix="cleanpipe-rpz-")
     try:
         zone = os.path.join(work, "big.rpz")
-        with open(zone, "w") as z:
-            z.write("$ORIGIN big.rpz.example.\n$TTL 300\n@ SOA ns.rpz.example. hostmaster.rpz.example. 1 3600 600 86400 300\n@ NS ns.rpz.example.\n")
-            for i in range(args.names):
-                z.write(f"c2-{i}.botnet-{i % 997}.example CNAME .\n")
+        write_rpz(zone, "big.rpz.example.", args.names)
         probe = f"c2-{args.names - 1}.botnet-{(args.names - 1) % 997}.example"
         print(f"zone: {args.names} names, {os.path.getsize(zone) / 1e6:.0f} MB")
 
