@@ -547,7 +547,11 @@ impl PolicyStore {
                                 z
                             }
                             Err(errs) => {
-                                errors.extend(errs);
+                                let this_feed = format!("for feed `{}`", f.name);
+                                errors.extend(errs.into_iter().map(|mut e| {
+                                    e.message = e.message.replace("for this feed", &this_feed);
+                                    e
+                                }));
                                 continue;
                             }
                         }

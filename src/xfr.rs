@@ -265,7 +265,7 @@ async fn transfer(
     let mut records: Vec<Record> = Vec::new();
     let result = tokio::time::timeout(Duration::from_secs(300), async {
         while let Some(r) = responses.next().await {
-            let r = r.map_err(|e| e.to_string())?;
+            let r = r.map_err(|e| explain_error(&e.to_string(), tsig.is_some()))?;
             if r.metadata.response_code != hickory_proto::op::ResponseCode::NoError {
                 return Err(format!("primary answered {}", r.metadata.response_code));
             }
@@ -284,6 +284,17 @@ async fn transfer(
     bg.abort();
     result.map_err(|_| "transfer timed out".to_owned())??;
     Ok(records)
+}
+
+/// An error of the transfer client in words an operator can act on. A primary that rejects our
+/// TSIG key answers with an unsigned (or empty-MAC) error message, which hickory 0.26 reports
+/// as "support truncated HMACs": that is a key mismatch, not a bug to file.
+fn explain_error(e: &str, signed: bool) -> String {
+    if signed && e.contains("truncated HMAC") {
+        "the primary rejected our TSIG signature (wrong key secret, name or algorithm?)".into()
+    } else {
+        e.to_owned()
+    }
 }
 
 /// True when the records received so far form a whole AXFR or IXFR answer: a single SOA (zone

@@ -217,26 +217,37 @@ fn clients_outside_allowed_networks_are_refused() {
 
 #[test]
 fn malformed_packets_do_not_stop_the_server() {
+    let upstream = support::start_server("127.0.99.3", 5354, vec![support::alpha_zone("")]);
     let cp = Cleanpipe::start(
         "  mode: forward\n  forward:\n    - address: 127.0.99.3\n      port: 5354",
         "",
         &[],
     );
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-    for garbage in [
-        &b""[..],
-        b"\x00",
-        b"\x12\x34\x01\x00\x00\x05\x00\x00",
-        &[0xffu8; 600][..],
-    ] {
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    // Too short to have a header, or a response: never answered (no reflection).
+    for garbage in [&b""[..], b"\x00", &[0xffu8; 600][..]] {
         let _ = sock.send_to(garbage, cp.dns);
+        assert!(
+            sock.recv(&mut buf).is_err(),
+            "no answer to {} unreadable bytes",
+            garbage.len()
+        );
     }
-    // Still answering (policy path: a sinkhole needs no upstream).
-    let m = query(cp.dns, client(), "www.example.org.", RecordType::CAA);
-    assert!(matches!(
-        m.metadata.response_code,
-        ResponseCode::ServFail | ResponseCode::NoError | ResponseCode::NXDomain
-    ));
+    // A query header announcing five questions and carrying none: FORMERR with the same ID.
+    sock.send_to(b"\x12\x34\x01\x00\x00\x05\x00\x00\x00\x00\x00\x00", cp.dns)
+        .expect("send");
+    let n = sock.recv(&mut buf).expect("a FORMERR answer");
+    assert!(n >= 12, "a whole header");
+    assert_eq!(&buf[..2], b"\x12\x34", "the query's ID");
+    assert_eq!(buf[3] & 0x0f, 1, "RCODE FORMERR");
+    // Still answering: a name with no CAA record is NODATA from the upstream (with its SOA).
+    let m = query(cp.dns, client(), "www.alpha.example.", RecordType::CAA);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty(), "no CAA record: {m:?}");
+    assert_eq!(upstream.count("www.alpha.example", RecordType::CAA), 1);
     let d = dig(cp.dns, None, "example.org", "A", &["+edns=1", "+noednsneg"]);
     assert_eq!(
         d.status, "BADVERS",

@@ -113,6 +113,15 @@ fn axfr_then_ixfr_on_notify_with_tsig() {
 
 #[test]
 fn wrong_tsig_key_is_refused_and_nothing_is_loaded() {
+    // The upstream knows the C2 name: unfiltered, it resolves to an address.
+    let _upstream = support::start_server(
+        "127.0.94.8",
+        5354,
+        vec![support::Zone::parse(
+            "transfer.example.",
+            "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nc2 300 IN A 198.51.100.66\n",
+        )],
+    );
     let ip = support::fresh_ip();
     let Some(knot) = Knot::start(
         SocketAddr::new("127.0.94.2".parse().expect("ip"), 5399),
@@ -125,29 +134,37 @@ fn wrong_tsig_key_is_refused_and_nothing_is_loaded() {
     let wrong = "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZyE=";
     let cp = Cleanpipe::start_at(
         ip,
-        "  mode: forward\n  forward:\n    - address: 127.0.94.9\n      port: 5354",
+        "  mode: forward\n  forward:\n    - address: 127.0.94.8\n      port: 5354",
         &feed_yaml(wrong).replace("127.0.94.1", "127.0.94.2"),
         &[],
     );
-    let failed = support::within(Duration::from_secs(10), || {
-        cp.log().contains("feed transfer failed")
-    });
+    let failures = || cp.metric("cleanpipe_feed_transfer_failures_total", &[]);
+    let failed = support::within(Duration::from_secs(10), || failures().unwrap_or(0.0) >= 1.0);
     assert!(
         failed.is_some(),
-        "a wrong key must fail the transfer; log:\n{}\nknot:\n{}",
+        "a wrong key must fail the transfer and count it (counter {:?}); log:\n{}\nknot:\n{}",
+        failures(),
         cp.log(),
         knot.log()
     );
     assert!(
-        !blocked(&cp, "c2.transfer.example."),
-        "nothing from an unauthenticated transfer; log:\n{}\nknot:\n{}",
-        cp.log(),
-        knot.log()
+        cp.log().contains("rejected our TSIG signature"),
+        "the log says why: {}",
+        cp.log()
     );
-    let (_, metrics) =
-        cleanpipe::web::client::call(cp.admin, "GET", "/metrics", None, None).expect("metrics");
-    assert!(
-        metrics.contains("cleanpipe_feed_transfer_failures_total"),
-        "{metrics}"
+    let m = query(
+        cp.dns,
+        "127.0.0.70".parse::<IpAddr>().expect("ip"),
+        "c2.transfer.example.",
+        RecordType::A,
     );
+    assert_eq!(
+        support::addresses(&m),
+        vec!["198.51.100.66".to_owned()],
+        "nothing from an unauthenticated transfer is in force: the name resolves; log:\n{}",
+        cp.log()
+    );
+    assert_eq!(support::ede(&m), None);
+    let (_, st) = cp.admin("GET", "/v1/status", None);
+    assert_eq!(st["counts"]["feed_triggers"], 0, "{st}");
 }

@@ -517,6 +517,45 @@ pub fn recursive_yaml(internet: &Internet) -> String {
     )
 }
 
+/// The value of a Prometheus sample in `/metrics` text: the line for `name` whose labels
+/// include every `label="value"` pair given (all of them summed), `None` if no line matches.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if all && let Ok(v) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+impl Cleanpipe {
+    /// `/metrics` of the running instance.
+    pub fn metrics(&self) -> String {
+        cleanpipe::web::client::call(self.admin, "GET", "/metrics", None, None)
+            .expect("metrics reachable")
+            .1
+    }
+
+    /// One metric's value (see [`metric`]).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric(&self.metrics(), name, labels)
+    }
+}
+
 /// Polls `f` every 25 ms until it returns true or `limit` passes; returns the time it took.
 pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
