@@ -178,6 +178,14 @@ enum ModeCmd {
         /// RFC 3339 time at which it ends by itself.
         #[arg(long)]
         expires: Option<String>,
+        /// A network never restricted (repeatable). Added to the exemptions of mode.yaml,
+        /// which stay in force.
+        #[arg(long = "exempt", value_name = "PREFIX")]
+        exempt: Vec<String>,
+        /// The --exempt networks replace the exemptions of mode.yaml instead of adding to
+        /// them (recorded in the audit log). With no --exempt: nobody is exempt.
+        #[arg(long)]
+        replace_exemptions: bool,
     },
     /// Back to normal (also overrides mode.yaml until cleared).
     Normal {
@@ -431,12 +439,13 @@ fn main() -> ExitCode {
         Command::Status(c) => admin_call(c, "GET", "/v1/status", None).map(|_| ExitCode::SUCCESS),
         Command::Ready(c) => admin_call(c, "GET", "/ready", None).map(|_| ExitCode::SUCCESS),
         Command::Mode { config, what } => match what {
-            ModeCmd::TrustedOnly { reason, expires } => admin_call(
-                config,
-                "PUT",
-                "/v1/mode",
-                Some(serde_json::json!({"mode": "trusted-only", "reason": reason, "expires": expires})),
-            ),
+            ModeCmd::TrustedOnly { reason, expires, exempt, replace_exemptions } => {
+                let mut body = serde_json::json!({"mode": "trusted-only", "reason": reason, "expires": expires, "replace_exempt": replace_exemptions});
+                if !exempt.is_empty() {
+                    body["exempt"] = serde_json::json!(exempt);
+                }
+                admin_call(config, "PUT", "/v1/mode", Some(body))
+            }
             ModeCmd::Normal { reason } => admin_call(config, "PUT", "/v1/mode", Some(serde_json::json!({"mode": "normal", "reason": reason}))),
             ModeCmd::Clear { reason } => admin_call(config, "DELETE", &format!("/v1/mode?reason={}", encode(reason)), None),
         }

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::policy::Overrides;
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
+use crate::policy::{ModeOverride, Overrides};
 
 /// A state database failure.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE revocations (id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL,
         at INTEGER NOT NULL, alert_id INTEGER, reason TEXT NOT NULL,
         reinstated_at INTEGER, reinstated_by TEXT, reinstate_reason TEXT);",
+    // 5: whether the operator's exemptions replace those of mode.yaml (default: added to them).
+    "ALTER TABLE global_mode ADD COLUMN exempt_replaces INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// An organisation alert as stored.
@@ -275,8 +277,10 @@ impl StateDb {
         })
     }
 
-    /// Sets the global mode (overrides `mode.yaml`).
-    pub fn set_mode(&self, m: &ModeFile, actor: &str) -> Result<(), StateError> {
+    /// Sets the global mode (overrides `mode.yaml`). The audit entry says what happens to the
+    /// exemptions of `mode.yaml`: kept (the operator's are added) or replaced.
+    pub fn set_mode(&self, o: &ModeOverride, actor: &str) -> Result<(), StateError> {
+        let m = &o.mode;
         self.with(|c| {
             let tx = c.transaction()?;
             let mode = match m.mode {
@@ -285,17 +289,24 @@ impl StateDb {
             };
             let exempt: Vec<String> = m.exempt.iter().map(|p| p.to_string()).collect();
             tx.execute(
-                "INSERT OR REPLACE INTO global_mode (id, mode, set_by, reason, set_at, expires, exempt) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO global_mode (id, mode, set_by, reason, set_at, expires, exempt, exempt_replaces) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     mode,
                     m.set_by,
                     m.reason,
                     m.set_at.map(|t| t.timestamp()),
                     m.expires.map(|t| t.timestamp()),
-                    exempt.join(",")
+                    exempt.join(","),
+                    o.replace_exempt
                 ],
             )?;
-            Self::audit(&tx, actor, "set-mode", &format!("{mode}: {}", m.reason))?;
+            let exemptions = match (o.replace_exempt, exempt.is_empty()) {
+                (true, true) => "exemptions of mode.yaml REPLACED by none: no network is exempt".to_owned(),
+                (true, false) => format!("exemptions of mode.yaml REPLACED by {}", exempt.join(", ")),
+                (false, true) => "exemptions of mode.yaml kept".to_owned(),
+                (false, false) => format!("exemptions of mode.yaml kept, plus {}", exempt.join(", ")),
+            };
+            Self::audit(&tx, actor, "set-mode", &format!("{mode}: {}; {exemptions}", m.reason))?;
             tx.commit()?;
             Ok(())
         })
@@ -733,7 +744,7 @@ impl StateDb {
             }
             let mode = c
                 .query_row(
-                    "SELECT mode, set_by, reason, set_at, expires, exempt FROM global_mode WHERE id = 1",
+                    "SELECT mode, set_by, reason, set_at, expires, exempt, exempt_replaces FROM global_mode WHERE id = 1",
                     [],
                     |r| {
                         Ok((
@@ -743,12 +754,13 @@ impl StateDb {
                             r.get::<_, Option<i64>>(3)?,
                             r.get::<_, Option<i64>>(4)?,
                             r.get::<_, String>(5)?,
+                            r.get::<_, bool>(6)?,
                         ))
                     },
                 )
                 .optional()?;
-            if let Some((mode, set_by, reason, set_at, expires, exempt)) = mode {
-                o.mode = Some(ModeFile {
+            if let Some((mode, set_by, reason, set_at, expires, exempt, replace_exempt)) = mode {
+                o.mode = Some(ModeOverride { replace_exempt, mode: ModeFile {
                     mode: match mode.as_str() {
                         "trusted-only" => Mode::TrustedOnly,
                         "normal" => Mode::Normal,
@@ -763,7 +775,7 @@ impl StateDb {
                         .filter(|s| !s.is_empty())
                         .map(prefix)
                         .collect::<Result<_, _>>()?,
-                });
+                }});
             }
             Ok(o)
         })
@@ -814,13 +826,16 @@ mod tests {
             )
             .expect("unflag");
             db.set_mode(
-                &ModeFile {
-                    mode: Mode::TrustedOnly,
-                    set_by: "noc".into(),
-                    reason: "worm".into(),
-                    set_at: None,
-                    expires: None,
-                    exempt: vec!["192.0.2.0/24".parse().expect("prefix")],
+                &ModeOverride {
+                    replace_exempt: false,
+                    mode: ModeFile {
+                        mode: Mode::TrustedOnly,
+                        set_by: "noc".into(),
+                        reason: "worm".into(),
+                        set_at: None,
+                        expires: None,
+                        exempt: vec!["192.0.2.0/24".parse().expect("prefix")],
+                    },
                 },
                 "noc",
             )
@@ -835,8 +850,9 @@ mod tests {
             vec![("192.0.2.1/32".parse().expect("net"), 1_700_000_100)]
         );
         let m = o.mode.expect("mode persisted");
-        assert_eq!(m.mode, Mode::TrustedOnly);
-        assert_eq!(m.exempt.len(), 1);
+        assert_eq!(m.mode.mode, Mode::TrustedOnly);
+        assert_eq!(m.mode.exempt.len(), 1);
+        assert!(!m.replace_exempt);
         let log = db.audit_log(10).expect("audit");
         assert_eq!(log.len(), 3);
         assert_eq!(log[0].2, "set-mode");

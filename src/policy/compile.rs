@@ -34,11 +34,22 @@ pub struct Overrides {
     /// Enrolments removed by an operator (exact prefix).
     pub unenrolled: Vec<IpNet>,
     /// Global mode set by an operator; overrides `mode.yaml` until cleared.
-    pub mode: Option<ModeFile>,
+    pub mode: Option<ModeOverride>,
     /// Organisations whose whitelisting was revoked at runtime (missed deadline), by id.
     pub revoked: Vec<String>,
     /// Self-releases from the cleanup page: `(infection prefix, released at, until)`.
     pub released: Vec<(IpNet, i64, i64)>,
+}
+
+/// The global mode as an operator set it (admin API or CLI).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeOverride {
+    /// Mode, who, why, when; `exempt` holds the networks the operator named.
+    pub mode: ModeFile,
+    /// `true`: the operator's networks replace the exemptions of `mode.yaml`. `false` (the
+    /// default): they are added to them, so infrastructure listed in the file is never cut off
+    /// by an emergency switch that forgot it.
+    pub replace_exempt: bool,
 }
 
 /// Settings from the service configuration that shape the snapshot.
@@ -602,15 +613,27 @@ fn compile_mode(
     o: &Overrides,
     options: &CompileOptions,
 ) {
-    let (source, m) = match (&o.mode, file) {
-        (Some(m), _) => (API.to_owned(), Some(m.clone())),
-        (None, Some((path, m))) => (path, Some(m)),
-        (None, None) => ("default".to_owned(), None),
-    };
-    if let Some(m) = m {
-        for p in &m.exempt {
-            b.snap.exempt.insert(p.0, ());
+    let file_exempt: Vec<IpNet> = file
+        .as_ref()
+        .map(|(_, m)| m.exempt.iter().map(|p| p.0).collect())
+        .unwrap_or_default();
+    let (source, m, exempt) = match (&o.mode, file) {
+        (Some(ov), _) => {
+            let mut exempt: Vec<IpNet> = if ov.replace_exempt {
+                Vec::new()
+            } else {
+                file_exempt
+            };
+            exempt.extend(ov.mode.exempt.iter().map(|p| p.0));
+            (API.to_owned(), Some(ov.mode.clone()), exempt)
         }
+        (None, Some((path, m))) => (path, Some(m), file_exempt),
+        (None, None) => ("default".to_owned(), None, Vec::new()),
+    };
+    for net in &exempt {
+        b.snap.exempt.insert(*net, ());
+    }
+    if let Some(m) = m {
         b.snap.mode = ModeState {
             mode: m.mode,
             set_by: m.set_by.clone(),
@@ -618,6 +641,10 @@ fn compile_mode(
             set_at: m.set_at.as_ref().map(unix),
             expires: m.expires.as_ref().map(unix),
             source,
+            exempt: exempt
+                .iter()
+                .map(|n| sources::Prefix(*n).to_string())
+                .collect(),
         };
     }
     match b.snap.profile_index(&options.global_profile) {

@@ -8,7 +8,7 @@
 //! | 1b | anyone, when a threat feed (RPZ) matches the name or the client | the feed's action (NXDOMAIN, NODATA, DROP, TCP-only, local data), EDE 15 with the feed's name; PASSTHRU ends feed processing |
 //! | 2 | infected, not inside an organisation in good standing | quarantine (unless self-released after the report, until the release ends): remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
 //! | 3 | infected, inside an organisation in good standing | resolve normally, raise an alert |
-//! | 4 | enrolled in a profile, or global trusted-only mode and not exempt | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
+//! | 4 | enrolled in a profile, or global trusted-only mode and not exempt (exempt: resolve, reason `exempt`) | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
 //! | 5 | everyone else | resolve normally |
 //!
 //! Quarantine is checked before trusted zones on purpose: an infected host must see the cleanup
@@ -149,6 +149,8 @@ pub enum Reason {
         /// Because of global trusted-only mode.
         global: bool,
     },
+    /// Row 4: global trusted-only mode is on, and the client's network is exempt from it.
+    Exempt,
     /// Row 5: no policy applies.
     Normal,
 }
@@ -169,6 +171,7 @@ impl Reason {
             Reason::TrustedAllowed { global: true, .. } => "global_trusted_allowed",
             Reason::TrustedBlocked { global: false, .. } => "trusted_blocked",
             Reason::TrustedBlocked { global: true, .. } => "global_trusted_blocked",
+            Reason::Exempt => "exempt",
             Reason::Normal => "normal",
         }
     }
@@ -366,6 +369,9 @@ fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i6
     });
     if let Some((profile, global)) = zone {
         return decide_trusted(snap, profile, global, q);
+    }
+    if client.exempt && snap.mode.trusted_only_at(now) {
+        return Decision::new(Action::Resolve, Reason::Exempt);
     }
 
     // Row 5.

@@ -100,9 +100,12 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             snap.mode.reason,
             snap.mode.source,
             if client.exempt {
-                "; this client is exempt"
+                format!(
+                    "; this client is exempt (exempt networks: {})",
+                    snap.mode.exempt.join(", ")
+                )
             } else {
-                ""
+                String::new()
             }
         ));
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use compile::{Overrides, compile};
+pub use compile::{ModeOverride, Overrides, compile};
 pub use decide::{Action, Decision, Page, Question, Reason, decide};
 pub use names::{NameMap, QName};
 pub use prefix::PrefixMap;
@@ -102,6 +102,8 @@ pub struct ModeState {
     pub expires: Option<i64>,
     /// `file` or `admin-api`.
     pub source: String,
+    /// Networks exempt from trusted-only mode (from `mode.yaml` and the operator's override).
+    pub exempt: Vec<String>,
 }
 
 impl Default for ModeState {
@@ -113,6 +115,7 @@ impl Default for ModeState {
             set_at: None,
             expires: None,
             source: "default".into(),
+            exempt: Vec::new(),
         }
     }
 }

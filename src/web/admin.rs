@@ -22,9 +22,9 @@ use hickory_proto::rr::RecordType;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::policy::Question;
 use crate::policy::explain::explain;
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
+use crate::policy::{ModeOverride, Question};
 use crate::store::PolicyStore;
 
 /// Shared state of the admin API.
@@ -195,8 +195,12 @@ struct ModeBody {
     reason: String,
     #[serde(default)]
     expires: Option<DateTime<Utc>>,
+    /// Networks to exempt; added to those of `mode.yaml` unless `replace_exempt`.
     #[serde(default)]
     exempt: Option<Vec<Prefix>>,
+    /// The given `exempt` list replaces the exemptions of `mode.yaml` (audited as such).
+    #[serde(default)]
+    replace_exempt: bool,
 }
 
 async fn set_mode(
@@ -207,25 +211,31 @@ async fn set_mode(
     if b.reason.trim().is_empty() {
         return Err(bad("a reason is required"));
     }
-    // Keep the exemptions already in force unless new ones are given.
-    let exempt = match b.exempt {
-        Some(e) => e,
-        None => s
+    // The exemptions of mode.yaml always stay in force unless the caller replaces them
+    // explicitly. Without a new list, an earlier override's networks (and its choice to
+    // replace) carry over.
+    let (exempt, replace_exempt) = match (b.exempt, b.replace_exempt) {
+        (Some(e), replace) => (e, replace),
+        (None, true) => (Vec::new(), true),
+        (None, false) => s
             .store
             .state()
             .overrides()
             .map_err(internal)?
             .mode
-            .map(|m| m.exempt)
+            .map(|m| (m.mode.exempt, m.replace_exempt))
             .unwrap_or_default(),
     };
-    let m = ModeFile {
-        mode: b.mode,
-        set_by: actor.clone(),
-        reason: b.reason,
-        set_at: Some(Utc::now()),
-        expires: b.expires,
-        exempt,
+    let m = ModeOverride {
+        mode: ModeFile {
+            mode: b.mode,
+            set_by: actor.clone(),
+            reason: b.reason,
+            set_at: Some(Utc::now()),
+            expires: b.expires,
+            exempt,
+        },
+        replace_exempt,
     };
     let st = s.store.state().clone();
     blocking(move || st.set_mode(&m, &actor)).await?;

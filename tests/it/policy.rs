@@ -401,3 +401,91 @@ fn cli_admin_commands_drive_the_running_service() {
         "{metrics}"
     );
 }
+
+/// The NOC flips trusted-only from the CLI during an emergency: the infrastructure exempted in
+/// `mode.yaml` must keep working unless the operator explicitly replaces the list.
+#[test]
+fn emergency_mode_from_the_cli_keeps_the_exemptions_of_mode_yaml() {
+    const MODE: &str = "mode: normal\nexempt: [127.0.0.81]\n";
+    let (up, cp) = setup(8, &[("mode.yaml", MODE)]);
+    let bin = env!("CARGO_BIN_EXE_cleanpipe");
+    let config = cp.dir.join("cleanpipe.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "noc-alice")
+            .output()
+            .expect("cli runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let resolves = |client: &str| {
+        addresses(&query(cp.dns, ip(client), "f.pol.example.", RecordType::A))
+            == vec!["198.51.100.7"]
+    };
+    let blocked = |client: &str| {
+        let m = query(cp.dns, ip(client), "f.pol.example.", RecordType::A);
+        m.metadata.response_code == ResponseCode::NXDomain && ede(&m) == Some(15)
+    };
+    run(&["mode", "trusted-only", "--reason", "worm outbreak"]);
+    assert!(
+        blocked("127.0.0.80"),
+        "a subscriber gets only the trusted zone"
+    );
+    assert!(
+        resolves("127.0.0.81"),
+        "the NOC network listed in mode.yaml stays exempt"
+    );
+    let explained = run(&["explain", "127.0.0.81", "f.pol.example"]);
+    assert!(explained.contains("reason:   exempt"), "{explained}");
+    assert!(explained.contains("127.0.0.81"), "{explained}");
+
+    // Extra exemptions add to the file's.
+    run(&[
+        "mode",
+        "trusted-only",
+        "--reason",
+        "worm outbreak",
+        "--exempt",
+        "127.0.0.82",
+        "--exempt",
+        "127.0.0.83",
+    ]);
+    for c in ["127.0.0.81", "127.0.0.82", "127.0.0.83"] {
+        assert!(resolves(c), "{c} exempt");
+    }
+    // A flip without a list keeps the operator's extra networks.
+    run(&["mode", "trusted-only", "--reason", "still the worm"]);
+    assert!(resolves("127.0.0.82"), "an earlier --exempt carries over");
+
+    // Replacing is explicit and audited.
+    run(&[
+        "mode",
+        "trusted-only",
+        "--reason",
+        "lock down",
+        "--exempt",
+        "127.0.0.82",
+        "--replace-exemptions",
+    ]);
+    assert!(
+        blocked("127.0.0.81"),
+        "replaced: the file's exemption is gone"
+    );
+    assert!(resolves("127.0.0.82"));
+    let (_, audit) = cp.admin("GET", "/v1/audit", None);
+    assert!(
+        audit.to_string().contains("REPLACED by 127.0.0.82"),
+        "{audit}"
+    );
+    let asked = up.count("f.pol.example", RecordType::A);
+    assert!(blocked("127.0.0.80"));
+    assert_eq!(up.count("f.pol.example", RecordType::A), asked);
+}

@@ -269,13 +269,16 @@ fn admin_overrides_merge_over_files() {
         first_seen: chrono::DateTime::from_timestamp(NOW, 0).expect("time"),
         ticket: None,
     });
-    o.mode = Some(ModeFile {
-        mode: Mode::TrustedOnly,
-        set_by: "noc".into(),
-        reason: "test".into(),
-        set_at: None,
-        expires: None,
-        exempt: vec![],
+    o.mode = Some(crate::policy::ModeOverride {
+        mode: ModeFile {
+            mode: Mode::TrustedOnly,
+            set_by: "noc".into(),
+            reason: "test".into(),
+            set_at: None,
+            expires: None,
+            exempt: vec![],
+        },
+        replace_exempt: false,
     });
     let s = snapshot_with(&[], &o);
     assert!(matches!(
