@@ -220,10 +220,11 @@ fn row4_global_trusted_only_mode() {
         a(&s, "2001:db8:1::1", "random.example.net").action,
         Action::NxDomain
     );
-    // Exempt infrastructure is served normally.
+    // Exempt infrastructure is served normally, and the decision says why.
+    let exempt = a(&s, "192.0.2.250", "random.example.net");
     assert_eq!(
-        a(&s, "192.0.2.250", "random.example.net").reason,
-        Reason::Normal
+        (exempt.action, exempt.reason),
+        (Action::Resolve, Reason::Exempt)
     );
     // Enrolled kids keep their stricter profile.
     assert_eq!(
