@@ -212,8 +212,10 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never in files or the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
@@ -291,6 +293,9 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
     if let Err(e) = content {
         eprintln!("web.content_dir: {e}");
         return Ok(ExitCode::FAILURE);
+    }
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
     }
     match offline_store(&config) {
         Ok(store) => {

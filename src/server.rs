@@ -31,7 +31,7 @@ pub enum ServeError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The first policy is invalid.
-    #[error("policy: {0}")]
+    #[error("start-up failed: {0} (`cleanpipe check` lists the errors)")]
     Policy(#[from] ReloadError),
     /// The resolver.
     #[error(transparent)]
@@ -74,6 +74,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     crate::metrics::describe();
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let state_path = config.state.path.clone();
     let state = Arc::new(
         tokio::task::spawn_blocking(move || StateDb::open(&state_path))

@@ -39,8 +39,37 @@ pub enum ReloadError {
     #[error("{0}")]
     State(String),
     /// The sources are invalid; every problem is listed.
-    #[error("{} error(s) in policy; first: {}", .0.len(), .0.first().map(|e| e.to_string()).unwrap_or_default())]
+    #[error("{} error(s) in the policy; the first: {}", .0.len(), .0.first().map(|e| clip(&e.to_string())).unwrap_or_default())]
     Invalid(Vec<PolicyError>),
+}
+
+/// Errors logged one per line on a failed load; the rest are counted (`check` lists them all).
+const LOGGED_ERRORS: usize = 10;
+
+/// Longest error text kept in the log and the status: a 20 MB line in a policy file must not
+/// be copied whole into either.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// `text`, cut at [`MAX_ERROR_TEXT`] bytes (on a character boundary) with a note of the rest.
+pub fn clip(text: &str) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
+impl ReloadError {
+    /// Every problem as one line of text each (clipped).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Invalid(errs) => errs.iter().map(|e| clip(&e.to_string())).collect(),
+            other => vec![clip(&other.to_string())],
+        }
+    }
 }
 
 /// The serving snapshot. Anything ever cached per snapshot belongs here, next to it.
@@ -623,12 +652,28 @@ impl PolicyStore {
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::RELOAD_FAILURES).increment(1);
-                let lines: Vec<String> = match &e {
-                    ReloadError::Invalid(errs) => errs.iter().map(|e| e.to_string()).collect(),
-                    other => vec![other.to_string()],
-                };
-                for l in &lines {
-                    tracing::error!(error = %l, "policy reload failed; the previous policy stays in force");
+                let lines = e.lines();
+                let total = lines.len();
+                if generation == 1 {
+                    tracing::error!(
+                        errors = total,
+                        "start-up failed: the policy does not load, so nothing is served"
+                    );
+                } else {
+                    tracing::error!(
+                        errors = total,
+                        serving = generation - 1,
+                        "policy reload failed; the previous policy stays in force"
+                    );
+                }
+                for l in lines.iter().take(LOGGED_ERRORS) {
+                    tracing::error!("  {l}");
+                }
+                if total > LOGGED_ERRORS {
+                    tracing::error!(
+                        "  ... and {} more (`cleanpipe check` lists them)",
+                        total - LOGGED_ERRORS
+                    );
                 }
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.last_errors = lines;

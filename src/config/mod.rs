@@ -301,6 +301,15 @@ fn default_release_max() -> u32 {
     3
 }
 
+impl WebConfig {
+    /// True when the cleanup page can tell subscribers whom to contact.
+    pub fn has_support_contact(&self) -> bool {
+        [&self.support_url, &self.support_phone, &self.support_email]
+            .iter()
+            .any(|c| c.as_deref().is_some_and(|s| !s.trim().is_empty()))
+    }
+}
+
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
@@ -801,6 +810,19 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Settings that are valid but probably not what the operator wants, one sentence each
+    /// (printed by `cleanpipe check` and logged at start-up).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.web.listen.is_empty() && !self.web.has_support_contact() {
+            w.push(
+                "web: no support contact (support_url, support_phone or support_email): the cleanup page cannot tell quarantined subscribers whom to call"
+                    .to_owned(),
+            );
+        }
+        w
     }
 
     /// The admin token: from the file, else `CLEANPIPE_ADMIN_TOKEN`. Empty tokens count as none.

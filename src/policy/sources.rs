@@ -455,6 +455,20 @@ pub struct Service {
     /// Names it needs that other services need too (CDNs, single sign-on, captcha).
     #[serde(default)]
     pub shared: Vec<String>,
+    /// Where the vendor documents the names the service needs, and when curators read it.
+    #[serde(default)]
+    pub sources: Vec<ServiceSource>,
+}
+
+/// A vendor page a service's names were taken from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSource {
+    /// The page.
+    pub url: String,
+    /// When it was read (`YYYY-MM-DD`), or `not-fetched` when the names come from the
+    /// curator's knowledge of the published list.
+    pub read: String,
 }
 
 #[derive(Deserialize)]

@@ -238,8 +238,13 @@ impl Ctx<'_> {
         )
     }
 
+    /// The "need help?" section; empty when no support contact is configured (`check`
+    /// warns about that), never a "contact us:" followed by nothing.
     fn support(&self) -> String {
         let c = &self.s.config;
+        if !c.has_support_contact() {
+            return String::new();
+        }
         let mut items = String::new();
         if let Some(u) = &c.support_url {
             let _ = write!(items, "<li><a href=\"{0}\">{0}</a></li>", esc(u));

@@ -350,3 +350,36 @@ fn feed_file_change_is_picked_up_and_broken_feed_is_reported() {
         "the last good copy keeps serving"
     );
 }
+
+/// A feed broken at start-up: one message that says start-up failed, the first errors with
+/// file:line, how many more; never "the previous policy stays in force" (there is none), and
+/// nothing served.
+#[test]
+fn a_broken_feed_at_start_up_says_so_once_with_the_first_errors() {
+    let bad: String = (0..100)
+        .map(|i| format!("c{i}.evil.example A 999.0.0.{i}\n"))
+        .collect();
+    let feed = format!("$ORIGIN broken.rpz.example.\n@ SOA ns hm 1 1 1 1 1\n{bad}");
+    let cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.96.99\n      port: 5354",
+        "feeds:\n  - name: broken\n    file: policy/broken.rpz\n",
+        &[("broken.rpz", &feed)],
+    );
+    let (status, log) = cp.serve_until_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{log}");
+    assert_eq!(
+        log.matches("start-up failed").count(),
+        2,
+        "one log line, one final error: {log}"
+    );
+    assert!(!log.contains("previous policy"), "{log}");
+    assert!(log.contains("broken.rpz:3: bad IPv4 address"), "{log}");
+    assert!(log.contains("and 90 more"), "{log}");
+    let lines = log.lines().count();
+    assert!(lines < 20, "{lines} lines for one broken feed:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes in a log that is not a terminal"
+    );
+}

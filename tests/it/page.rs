@@ -377,3 +377,45 @@ fn real_browser_clicks_self_release() {
         vec!["198.51.100.8"]
     );
 }
+
+/// With no support contact configured the page leaves the "contact support" sentence out
+/// instead of ending it with nothing, and `check` warns about it.
+#[test]
+fn no_support_contact_means_no_empty_contact_sentence_and_check_warns() {
+    let zone = support::Zone::parse(
+        "page.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.8\n",
+    );
+    let _up = support::start_server("127.0.97.9", 5354, vec![zone]);
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.97.9\n      port: 5354",
+        "",
+        &[("infected.yaml", INFECTED)],
+    );
+    let config = cp.dir.join("cleanpipe.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("support_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, without).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: web: no support contact"), "{err}");
+    cp.spawn();
+    let r = cp.page(ip("127.0.0.80"), "/", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Mirai"), "the cleanup page: {}", r.body);
+    assert!(
+        !r.body.contains("support:") && !r.body.contains("id=\"support\""),
+        "no empty contact sentence: {}",
+        r.body
+    );
+}

@@ -244,6 +244,18 @@ impl Cleanpipe {
         extra_yaml: &str,
         policy: &[(&str, &str)],
     ) -> Cleanpipe {
+        let mut c = Self::prepare(ip, resolver_yaml, extra_yaml, policy);
+        c.spawn();
+        c
+    }
+
+    /// Writes the configuration and policy like [`Cleanpipe::start_at`] without starting.
+    pub fn prepare(
+        ip: IpAddr,
+        resolver_yaml: &str,
+        extra_yaml: &str,
+        policy: &[(&str, &str)],
+    ) -> Cleanpipe {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_owned();
         std::fs::create_dir_all(dir.join("policy")).expect("policy dir");
@@ -255,16 +267,42 @@ impl Cleanpipe {
             repo_allowlists().display()
         );
         std::fs::write(dir.join("cleanpipe.yaml"), config).expect("config");
-        let mut c = Cleanpipe {
+        Cleanpipe {
             child: None,
             dns: SocketAddr::new(ip, 5300),
             admin: SocketAddr::new(ip, 8053),
             web: SocketAddr::new(ip, 8080),
             dir,
             _tmp: Some(tmp),
-        };
-        c.spawn();
-        c
+        }
+    }
+
+    /// Runs `cleanpipe serve` expecting it to exit by itself (a start-up failure) within
+    /// `limit`; returns its exit status and what it wrote to stderr.
+    pub fn serve_until_exit(&self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+            .args(["serve", "--config"])
+            .arg(self.dir.join("cleanpipe.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cleanpipe binary starts");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return (status, err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cleanpipe still running after {limit:?}; it was expected to fail");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts (or restarts) the process and waits for readiness.
