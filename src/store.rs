@@ -116,7 +116,8 @@ pub struct ReloadStatus {
 pub struct PolicyStore {
     current: ArcSwap<Current>,
     policy_dir: Option<PathBuf>,
-    allowlists: PathBuf,
+    /// `None` without a trusted zone (`policy.trusted_zone: false`).
+    allowlists: Option<PathBuf>,
     options: CompileOptions,
     state: Arc<StateDb>,
     status: Mutex<ReloadStatus>,
@@ -303,12 +304,19 @@ impl PolicyStore {
             },
             global_profile: config.policy.global_profile.clone(),
             remediation_extra: config.policy.remediation_extra.clone(),
+            allowlists: config
+                .policy
+                .trusted_zone
+                .then(|| config.policy.allowlists.display().to_string()),
             generation: 1,
         };
         let store = Self {
             current: ArcSwap::from_pointee(Current::new(Snapshot::default())),
             policy_dir: config.policy.dir.clone(),
-            allowlists: config.policy.allowlists.clone(),
+            allowlists: config
+                .policy
+                .trusted_zone
+                .then(|| config.policy.allowlists.clone()),
             options,
             state,
             status: Mutex::new(ReloadStatus::default()),
@@ -397,11 +405,12 @@ impl PolicyStore {
                 .collect(),
             ..candidate
         };
-        let mut sources =
-            SourceSet::read_except(self.policy_dir.as_deref(), &self.allowlists, |n| {
-                n.starts_with("infected")
-            })
-            .map_err(|e| ReloadError::Read(e.to_string()))?;
+        let mut sources = SourceSet::read_except(
+            self.policy_dir.as_deref(),
+            self.allowlists.as_deref(),
+            |n| n.starts_with("infected"),
+        )
+        .map_err(|e| ReloadError::Read(e.to_string()))?;
         if reuse_infected.is_none() {
             sources.policy_files.extend(
                 infected

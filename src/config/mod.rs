@@ -431,9 +431,15 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Directory of curated allowlists (services, profiles, remediation, probes).
-    /// Default: `allowlists` next to the configuration file.
+    /// Default: `allowlists` next to the configuration file. A missing or empty directory is
+    /// an error unless `trusted_zone` is `false`.
     #[serde(default = "default_allowlists")]
     pub allowlists: PathBuf,
+    /// `false` runs without any trusted zone: no allowlists are read, enrolments and global
+    /// trusted-only mode are refused, and quarantined subscribers reach only
+    /// `remediation_extra`. Default: `true`.
+    #[serde(default = "default_true")]
+    pub trusted_zone: bool,
     /// Milliseconds to wait for a burst of file changes to settle before reloading. Default: 200.
     #[serde(default = "default_debounce")]
     pub reload_debounce_ms: u64,
@@ -558,6 +564,10 @@ fn default_negative_ttl() -> u32 {
 fn default_servfail_ttl() -> u32 {
     5
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_allowlists() -> PathBuf {
     PathBuf::from("allowlists")
 }
@@ -638,6 +648,7 @@ impl Default for PolicyConfig {
         Self {
             dir: None,
             allowlists: default_allowlists(),
+            trusted_zone: true,
             reload_debounce_ms: default_debounce(),
             reload_nice: default_reload_nice(),
             global_profile: default_global_profile(),
@@ -816,6 +827,12 @@ impl Config {
     /// (printed by `cleanpipe check` and logged at start-up).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if !self.policy.trusted_zone {
+            w.push(
+                "policy.trusted_zone is false: no trusted zone; quarantined subscribers reach only policy.remediation_extra (no antivirus or update sites)"
+                    .to_owned(),
+            );
+        }
         if !self.web.listen.is_empty() && !self.web.has_support_contact() {
             w.push(
                 "web: no support contact (support_url, support_phone or support_email): the cleanup page cannot tell quarantined subscribers whom to call"

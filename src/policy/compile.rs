@@ -63,6 +63,9 @@ pub struct CompileOptions {
     pub global_profile: String,
     /// Extra remediation names (ISP support site).
     pub remediation_extra: Vec<String>,
+    /// The allowlists directory (for messages); `None` when the operator runs without a trusted
+    /// zone (`policy.trusted_zone: false`).
+    pub allowlists: Option<String>,
     /// Generation number of the snapshot.
     pub generation: u64,
 }
@@ -74,6 +77,7 @@ impl Default for CompileOptions {
             sinkhole: Sinkhole::default(),
             global_profile: "clean-pipe".into(),
             remediation_extra: Vec::new(),
+            allowlists: Some("allowlists".into()),
             generation: 1,
         }
     }
@@ -162,6 +166,16 @@ pub fn compile(
         }
     }
 
+    if let Some(dir) = &options.allowlists
+        && !sources
+            .allowlist_files
+            .iter()
+            .any(|(rel, _, _)| rel == "profiles.yaml")
+    {
+        // Without profiles every enrolment fails as "unknown profile" and trusted-only mode
+        // would answer NXDOMAIN for everything: say what is missing instead.
+        b.err(dir, 0, "no allowlists here (the directory is missing, empty or has no profiles.yaml): set policy.allowlists to the curated allowlists, or `policy.trusted_zone: false` to run without a trusted zone");
+    }
     let mut lists = Allowlists::default();
     for (rel, display, text) in &sources.allowlist_files {
         if let Err(e) = lists.add_file(rel, display, text) {
@@ -501,6 +515,17 @@ fn compile_enrolments(
             continue; // the operator's later change wins over the file
         }
         let Some(profile) = b.snap.profile_index(&e.profile) else {
+            if b.snap.profiles.is_empty() {
+                b.err(
+                    file,
+                    line,
+                    format!(
+                        "enrolment {}: there is no trusted zone to enrol in (no profiles loaded)",
+                        e.prefix
+                    ),
+                );
+                continue;
+            }
             let known: Vec<_> = b.snap.profiles.iter().map(|p| p.name.as_str()).collect();
             b.err(
                 file,

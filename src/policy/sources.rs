@@ -725,7 +725,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
 impl SourceSet {
     /// Reads the policy directory (if any) and the allowlists directory.
     pub fn read(policy_dir: Option<&Path>, allowlists: &Path) -> Result<Self, ReadError> {
-        Self::read_except(policy_dir, allowlists, |_| false)
+        Self::read_except(policy_dir, Some(allowlists), |_| false)
     }
 
     /// The policy files in `dir` (sorted), without reading them.
@@ -739,10 +739,10 @@ impl SourceSet {
     }
 
     /// As [`SourceSet::read`], leaving out the policy files whose name `skip` accepts (their
-    /// compiled form is reused).
+    /// compiled form is reused). `allowlists: None`: no trusted zone, nothing read.
     pub fn read_except(
         policy_dir: Option<&Path>,
-        allowlists: &Path,
+        allowlists: Option<&Path>,
         skip: impl Fn(&str) -> bool,
     ) -> Result<Self, ReadError> {
         let mut set = SourceSet::default();
@@ -755,7 +755,7 @@ impl SourceSet {
                 }
             }
         }
-        if allowlists.is_dir() {
+        if let Some(allowlists) = allowlists.filter(|a| a.is_dir()) {
             for path in read_dir_sorted(allowlists)? {
                 let name = path
                     .file_name()

@@ -489,3 +489,56 @@ fn emergency_mode_from_the_cli_keeps_the_exemptions_of_mode_yaml() {
     assert!(blocked("127.0.0.80"));
     assert_eq!(up.count("f.pol.example", RecordType::A), asked);
 }
+
+/// `policy.allowlists` pointing at a directory that does not exist is an error naming the path
+/// (it used to load with 0 profiles, and every enrolment then failed); running without a
+/// trusted zone is possible only when the configuration says so.
+#[test]
+fn a_missing_allowlists_directory_is_an_error_unless_the_trusted_zone_is_off() {
+    let cp = Cleanpipe::prepare(support::fresh_ip(), "  mode: recursive", "", &[]);
+    let config = cp.dir.join("cleanpipe.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let allowlists = format!("allowlists: {}", support::repo_allowlists().display());
+    assert!(text.contains(&allowlists));
+    let check = |yaml: &str| {
+        std::fs::write(&config, yaml).expect("write config");
+        let out = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("check runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let missing = cp.dir.join("no-such-allowlists");
+    let (ok, out) =
+        check(&text.replace(&allowlists, &format!("allowlists: {}", missing.display())));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&missing.display().to_string()),
+        "names the path: {out}"
+    );
+    assert!(
+        out.contains("trusted_zone: false"),
+        "says how to opt out: {out}"
+    );
+
+    std::fs::create_dir_all(&missing).expect("empty dir");
+    let (ok, out) =
+        check(&text.replace(&allowlists, &format!("allowlists: {}", missing.display())));
+    assert!(!ok, "an empty directory is no better: {out}");
+
+    let (ok, out) = check(&text.replace(
+        &allowlists,
+        &format!("allowlists: {}\n  trusted_zone: false", missing.display()),
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: policy.trusted_zone is false"),
+        "{out}"
+    );
+    assert!(out.contains("0 profiles"), "{out}");
+}
