@@ -175,18 +175,9 @@ pub async fn serve(
         }));
     }
 
-    let mut dirs = vec![config.policy.allowlists.clone()];
-    dirs.extend(config.policy.dir.clone());
-    for f in &config.feeds {
-        if let Some(parent) = f.file.as_ref().and_then(|p| p.parent())
-            && !dirs.iter().any(|d| d == parent)
-        {
-            dirs.push(parent.to_owned());
-        }
-    }
     let watcher = crate::watch::watch(
         store.clone(),
-        &dirs,
+        crate::watch::WatchSet::from_config(&config),
         Duration::from_millis(config.policy.reload_debounce_ms.max(10)),
     )?;
 

@@ -542,3 +542,62 @@ fn a_missing_allowlists_directory_is_an_error_unless_the_trusted_zone_is_off() {
     );
     assert!(out.contains("0 profiles"), "{out}");
 }
+
+/// cleanpipe's own writes never trigger reloads: a state database placed inside the policy
+/// directory used to reload the policy every ~200 ms, forever.
+#[test]
+fn a_state_file_in_the_policy_directory_does_not_reload_forever() {
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.98.99\n      port: 5354",
+        "",
+        &[("infected.yaml", INFECTED)],
+    );
+    let config = cp.dir.join("cleanpipe.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("path: state.sqlite", "path: policy/state.sqlite"),
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check runs");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is inside a directory watched"),
+        "check warns: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.spawn();
+    let reloads = |cp: &Cleanpipe| {
+        cp.admin("GET", "/v1/status", None).1["reload"]["reloads"]
+            .as_u64()
+            .expect("reload count")
+    };
+    // State writes: a flag and an unflag go to the database (and reload once each, on purpose).
+    let (code, _) = cp.admin(
+        "POST",
+        "/v1/infected",
+        Some(r#"{"prefix":"127.0.0.12","family":"Mirai"}"#),
+    );
+    assert_eq!(code, 200);
+    let settled = reloads(&cp);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        reloads(&cp),
+        settled,
+        "no reload without a policy change; log:\n{}",
+        cp.log()
+    );
+    // A real policy change still reloads.
+    cp.write_policy(
+        "infected.yaml",
+        &INFECTED.replace("127.0.0.10", "127.0.0.11"),
+    );
+    assert!(
+        support::within(Duration::from_secs(3), || reloads(&cp) > settled).is_some(),
+        "the policy change was seen"
+    );
+}
