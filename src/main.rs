@@ -268,7 +268,11 @@ fn offline_store(config: &Config) -> Result<PolicyStore, ReloadError> {
     } else {
         StateDb::in_memory().map_err(|e| ReloadError::State(e.to_string()))?
     };
-    PolicyStore::open(config, std::sync::Arc::new(state))
+    PolicyStore::open(
+        config,
+        std::sync::Arc::new(state),
+        cleanpipe::xfr::load_saved(config),
+    )
 }
 
 fn check(arg: &ConfigArg) -> Result<ExitCode> {

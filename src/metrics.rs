@@ -33,6 +33,10 @@ pub const DETECTIONS: &str = "cleanpipe_botnet_detections_total";
 pub const FEED_TRANSFERS: &str = "cleanpipe_feed_transfers_total";
 /// Feed transfers that failed (the last good copy is kept).
 pub const FEED_TRANSFER_FAILURES: &str = "cleanpipe_feed_transfer_failures_total";
+/// Seconds since a transferred feed's copy was last confirmed by its primary, by `feed`.
+pub const FEED_AGE: &str = "cleanpipe_feed_age_seconds";
+/// SOA serial of the feed copy in use, by `feed`.
+pub const FEED_SERIAL: &str = "cleanpipe_feed_serial";
 /// Organisation alerts opened.
 pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
 /// Organisation alerts resolved by an operator.
@@ -69,6 +73,11 @@ pub fn describe() {
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
+    metrics::describe_gauge!(
+        FEED_AGE,
+        "Seconds since the primary last transferred or confirmed the feed copy in use, by feed"
+    );
+    metrics::describe_gauge!(FEED_SERIAL, "SOA serial of the feed copy in use, by feed");
     metrics::describe_counter!(
         DETECTIONS,
         "Botnet-feed lookups that flagged a subscriber infected"

@@ -85,9 +85,12 @@ pub async fn serve(
     );
     let cfg = config.clone();
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || PolicyStore::open(&cfg, state))
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()))??,
+        tokio::task::spawn_blocking(move || {
+            let saved = crate::xfr::load_saved(&cfg);
+            PolicyStore::open(&cfg, state, saved)
+        })
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??,
     );
     let resolver = Arc::new(Resolver::from_config(
         &config,
@@ -110,7 +113,8 @@ pub async fn serve(
     );
     let alert_task = tokio::spawn(engine.clone().run());
     handler = handler.with_alerts(engine.clone());
-    let notifier = crate::xfr::spawn(store.clone()).map_err(|e| ServeError::Task(e.to_string()))?;
+    let notifier = crate::xfr::spawn(store.clone(), config.state.feeds_dir())
+        .map_err(|e| ServeError::Task(e.to_string()))?;
     if !notifier.is_empty() {
         handler = handler.with_notifier(notifier);
     }

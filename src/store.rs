@@ -91,6 +91,18 @@ impl Current {
     }
 }
 
+/// The last good copy of a transferred feed, and how fresh it is.
+#[derive(Debug, Clone)]
+pub struct TransferredFeed {
+    /// The compiled zone.
+    pub zone: Arc<RpzZone>,
+    /// Unix seconds at which the primary last transferred or confirmed (SOA unchanged) it.
+    pub confirmed_at: i64,
+    /// Where the copy in use came from: `transfer`, or `saved copy` (loaded from disk at
+    /// start-up, not yet confirmed by the primary).
+    pub origin: &'static str,
+}
+
 /// The last reload's outcome, for the admin status.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReloadStatus {
@@ -128,7 +140,7 @@ pub struct PolicyStore {
     /// only feeds whose file changed.
     feed_cache: Mutex<HashMap<String, (FileStamp, Arc<RpzZone>)>>,
     /// Latest good copy of each transferred feed.
-    transferred: Mutex<HashMap<String, Arc<RpzZone>>>,
+    transferred: Mutex<HashMap<String, TransferredFeed>>,
     /// The big parts of the serving snapshot with what they were compiled from, reused by the
     /// next reload when those inputs have not changed.
     parts: Mutex<Parts>,
@@ -283,8 +295,13 @@ fn feed_policy(a: FeedAction) -> FeedPolicy {
 
 impl PolicyStore {
     /// Loads the first snapshot. Fails (with every error) if the policy is invalid: cleanpipe
-    /// never starts serving without its policy.
-    pub fn open(config: &Config, state: Arc<StateDb>) -> Result<Self, ReloadError> {
+    /// never starts serving without its policy. `transferred`: the saved copies of transferred
+    /// feeds, in force from the first answer on.
+    pub fn open(
+        config: &Config,
+        state: Arc<StateDb>,
+        transferred: HashMap<String, TransferredFeed>,
+    ) -> Result<Self, ReloadError> {
         let options = CompileOptions {
             clients: config.clients.allow.clone(),
             sinkhole: crate::policy::Sinkhole {
@@ -324,7 +341,7 @@ impl PolicyStore {
             feeds: config.feeds.clone(),
             strike_window_days: config.alerts.strike_window_days,
             feed_cache: Mutex::new(HashMap::new()),
-            transferred: Mutex::new(HashMap::new()),
+            transferred: Mutex::new(transferred),
             parts: Mutex::new(Parts::default()),
             digests: Mutex::new(HashMap::new()),
             reload_nice: config.policy.reload_nice,
@@ -527,15 +544,35 @@ impl PolicyStore {
     }
 
     /// Stores a freshly transferred copy of a feed (the caller then reloads).
-    pub fn set_transferred(&self, feed: &str, zone: Arc<RpzZone>) {
+    pub fn set_transferred(&self, feed: &str, zone: Arc<RpzZone>, now: i64) {
         self.transferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(feed.to_owned(), zone);
+            .insert(
+                feed.to_owned(),
+                TransferredFeed {
+                    zone,
+                    confirmed_at: now,
+                    origin: "transfer",
+                },
+            );
+    }
+
+    /// Records that the primary confirmed the copy in use (its SOA serial is unchanged).
+    pub fn confirm_transferred(&self, feed: &str, now: i64) {
+        if let Some(t) = self
+            .transferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(feed)
+        {
+            t.confirmed_at = now;
+            t.origin = "transfer";
+        }
     }
 
     /// The transferred copy of a feed, if any.
-    pub fn transferred(&self, feed: &str) -> Option<Arc<RpzZone>> {
+    pub fn transferred(&self, feed: &str) -> Option<TransferredFeed> {
         self.transferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -597,9 +634,10 @@ impl PolicyStore {
                 };
                 (zone, display)
             } else {
-                let zone = self.transferred(&f.name).unwrap_or_else(|| {
-                    Arc::new(RpzZone::empty(f.zone.as_deref().unwrap_or_default()))
-                });
+                let zone = self.transferred(&f.name).map_or_else(
+                    || Arc::new(RpzZone::empty(f.zone.as_deref().unwrap_or_default())),
+                    |t| t.zone,
+                );
                 let primary = f.primary.map(|p| p.to_string()).unwrap_or_default();
                 (zone, format!("transfer from {primary}"))
             };
@@ -711,7 +749,7 @@ mod tests {
         );
         let config = Config::from_str_in(&text, "t.yaml", dir).expect("config");
         let state = Arc::new(StateDb::in_memory().expect("state"));
-        PolicyStore::open(&config, state).expect("first load")
+        PolicyStore::open(&config, state, HashMap::new()).expect("first load")
     }
 
     fn infected_of(s: &PolicyStore, ip: &str) -> Option<String> {

@@ -6,6 +6,14 @@
 //! The zone is rebuilt and the policy recompiled in the background; queries keep using the old
 //! snapshot until the new one is swapped in. A failed transfer keeps the last good copy and is
 //! retried after the SOA retry interval.
+//!
+//! Like a BIND or Unbound secondary, cleanpipe keeps the last good copy of every transferred
+//! zone on disk (`state.feeds_dir`, one zone file per feed, written atomically after each
+//! transfer) and loads it at start-up before the first answer ([`load_saved`]), so a restart
+//! while the primary is unreachable never answers listed names unfiltered. The first transfer
+//! after start-up is incremental from the saved serial. A copy the primary has not confirmed
+//! for `max_age_hours` is reported stale (log, status, `cleanpipe_feed_age_seconds`) and still
+//! used: an old list blocks more than none.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +33,9 @@ use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::{Name, RData, Record, RecordType, TSigner};
 use tokio::sync::Notify;
 
-use crate::config::{FeedConfig, TsigConfig};
+use crate::config::{Config, FeedConfig, TsigConfig};
 use crate::policy::rpz;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, TransferredFeed};
 
 /// A transfer that failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +103,9 @@ fn signer(feed: &str, t: &TsigConfig) -> Result<TSigner, XfrError> {
     TSigner::new(secret, algorithm, name, 300).map_err(|e| key(e.to_string()))
 }
 
-/// Starts one task per transferred feed on the current runtime.
-pub fn spawn(store: Arc<PolicyStore>) -> Result<Notifier, XfrError> {
+/// Starts one task per transferred feed on the current runtime; copies are saved in
+/// `feeds_dir`.
+pub fn spawn(store: Arc<PolicyStore>, feeds_dir: std::path::PathBuf) -> Result<Notifier, XfrError> {
     let mut feeds = HashMap::new();
     for f in store.feed_configs().iter().filter(|f| f.primary.is_some()) {
         let (Some(primary), Some(zone)) = (f.primary, f.zone.clone()) else {
@@ -108,7 +117,15 @@ pub fn spawn(store: Arc<PolicyStore>) -> Result<Notifier, XfrError> {
             zone.trim_end_matches('.').to_ascii_lowercase(),
             (primary.ip(), wake.clone()),
         );
-        tokio::spawn(run(store.clone(), f.clone(), primary, zone, tsig, wake));
+        tokio::spawn(run(
+            store.clone(),
+            f.clone(),
+            primary,
+            zone,
+            tsig,
+            wake,
+            feeds_dir.clone(),
+        ));
     }
     Ok(Notifier {
         feeds: Arc::new(feeds),
@@ -150,6 +167,47 @@ fn soa_of(r: &Record) -> Option<SOA> {
 }
 
 impl ZoneCopy {
+    /// A copy read back from its saved zone text ([`ZoneCopy::zone_text`]): the SOA line, then
+    /// one record per line in the form [`line`] writes.
+    fn from_saved(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let soa_line = lines.next()?;
+        let f: Vec<&str> = soa_line.split_whitespace().collect();
+        let [
+            owner,
+            "SOA",
+            mname,
+            rname,
+            serial,
+            refresh,
+            retry,
+            expire,
+            minimum,
+        ] = f[..]
+        else {
+            return None;
+        };
+        let name = |s: &str| Name::from_ascii(s).ok();
+        let num = |s: &str| s.parse::<u32>().ok();
+        let soa = SOA::new(
+            name(mname)?,
+            name(rname)?,
+            num(serial)?,
+            i32::try_from(num(refresh)?).ok()?,
+            i32::try_from(num(retry)?).ok()?,
+            i32::try_from(num(expire)?).ok()?,
+            num(minimum)?,
+        );
+        let record = Record::from_rdata(name(owner)?, 0, RData::SOA(soa.clone()));
+        Some(Self {
+            soa: Some((record, soa)),
+            lines: lines
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
     /// Applies an AXFR or IXFR answer (all records of every message, in order). Returns
     /// `(kind, deleted, added)`.
     fn apply(&mut self, records: &[Record]) -> Result<(&'static str, usize, usize), String> {
@@ -323,6 +381,127 @@ fn transfer_complete(records: &[Record]) -> bool {
     last_is_new && closing >= if incremental { 2 } else { 1 }
 }
 
+/// The file holding the last good copy of a feed.
+pub fn saved_path(dir: &std::path::Path, feed: &str) -> std::path::PathBuf {
+    let safe: String = feed
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{safe}.rpz"))
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, synced, renamed
+/// over the old copy, directory synced. A crash leaves the old copy or the new one, never half.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Loads the saved copy of every transferred feed (missing ones are skipped; an unreadable or
+/// invalid copy is logged and skipped). Called before the first policy is compiled.
+pub fn load_saved(config: &Config) -> HashMap<String, TransferredFeed> {
+    let dir = config.state.feeds_dir();
+    let mut out = HashMap::new();
+    for f in config.feeds.iter().filter(|f| f.primary.is_some()) {
+        let path = saved_path(&dir, &f.name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::error!(feed = %f.name, path = %path.display(), error = %e, "cannot read the saved copy of a transferred feed");
+                continue;
+            }
+        };
+        let confirmed_at = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        match rpz::parse(&path.display().to_string(), &text, f.zone.as_deref()) {
+            Ok(zone) => {
+                let age = unix_now() - confirmed_at;
+                tracing::info!(feed = %f.name, serial = zone.serial, triggers = zone.len(), age_secs = age, "loaded the saved copy of a transferred feed");
+                warn_if_stale(f, confirmed_at, unix_now());
+                out.insert(
+                    f.name.clone(),
+                    TransferredFeed {
+                        zone: Arc::new(zone),
+                        confirmed_at,
+                        origin: "saved copy",
+                    },
+                );
+            }
+            Err(errs) => {
+                tracing::error!(feed = %f.name, path = %path.display(), errors = errs.len(), first = %errs.first().map(|e| e.to_string()).unwrap_or_default(), "the saved copy of a transferred feed is invalid; waiting for a transfer");
+            }
+        }
+    }
+    out
+}
+
+/// Seconds past which a feed's copy is stale.
+fn max_age_secs(feed: &FeedConfig) -> i64 {
+    (feed.max_age_hours * 3600.0) as i64
+}
+
+/// Warns (and returns true) when the copy confirmed at `confirmed_at` is stale at `now`.
+fn warn_if_stale(feed: &FeedConfig, confirmed_at: i64, now: i64) -> bool {
+    let age = now - confirmed_at;
+    metrics::gauge!(crate::metrics::FEED_AGE, "feed" => feed.name.clone()).set(age as f64);
+    if age > max_age_secs(feed) {
+        tracing::warn!(feed = %feed.name, age_hours = age / 3600, max_age_hours = feed.max_age_hours, "threat feed copy is stale: its primary has not confirmed it within max_age_hours; the copy stays in use");
+        return true;
+    }
+    false
+}
+
+/// Keeps a feed's age metric current and warns when its copy turns stale: at once, then at
+/// most hourly while it stays stale.
+async fn watch_age(store: Arc<PolicyStore>, feed: FeedConfig) {
+    let period = Duration::from_secs((max_age_secs(&feed) / 4).clamp(1, 60) as u64);
+    let mut warned_at: Option<i64> = None;
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(t) = store.transferred(&feed.name) else {
+            continue;
+        };
+        let now = unix_now();
+        if now - t.confirmed_at <= max_age_secs(&feed) {
+            warned_at = None;
+        }
+        if warned_at.is_none_or(|w| now - w >= 3600) {
+            if warn_if_stale(&feed, t.confirmed_at, now) {
+                warned_at = Some(now);
+            }
+        } else {
+            metrics::gauge!(crate::metrics::FEED_AGE, "feed" => feed.name.clone())
+                .set((now - t.confirmed_at) as f64);
+        }
+    }
+}
+
 async fn run(
     store: Arc<PolicyStore>,
     feed: FeedConfig,
@@ -330,6 +509,7 @@ async fn run(
     zone: String,
     tsig: Option<TSigner>,
     wake: Arc<Notify>,
+    feeds_dir: std::path::PathBuf,
 ) {
     let name = match Name::from_ascii(format!("{}.", zone.trim_end_matches('.'))) {
         Ok(n) => n,
@@ -338,7 +518,17 @@ async fn run(
             return;
         }
     };
-    let mut copy = ZoneCopy::default();
+    let saved = saved_path(&feeds_dir, &feed.name);
+    // Continue from the saved copy (IXFR from its serial) when it is the one in force.
+    let mut copy = match store.transferred(&feed.name) {
+        Some(t) => std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|text| ZoneCopy::from_saved(&text))
+            .filter(|c| c.soa.as_ref().map(|(_, s)| s.serial) == Some(t.zone.serial))
+            .unwrap_or_default(),
+        None => ZoneCopy::default(),
+    };
+    tokio::spawn(watch_age(store.clone(), feed.clone()));
     loop {
         let last = copy.soa.as_ref().map(|(_, s)| s.clone());
         let outcome = match transfer(primary, &name, last, tsig.as_ref()).await {
@@ -359,9 +549,17 @@ async fn run(
                             tracing::info!(feed = %feed.name, kind, deleted, added, serial = compiled.serial, triggers = compiled.len(), "feed transferred");
                             metrics::counter!(crate::metrics::FEED_TRANSFERS, "kind" => kind)
                                 .increment(1);
-                            store.set_transferred(&feed.name, Arc::new(compiled));
-                            let s = store.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                            metrics::gauge!(crate::metrics::FEED_SERIAL, "feed" => feed.name.clone())
+                                .set(f64::from(compiled.serial));
+                            store.set_transferred(&feed.name, Arc::new(compiled), unix_now());
+                            let (s, path, text) = (store.clone(), saved.clone(), copy.zone_text());
+                            let _ = tokio::task::spawn_blocking(move || {
+                                if let Err(e) = write_atomically(&path, &text) {
+                                    tracing::error!(path = %path.display(), error = %e, "cannot save the transferred feed (it is in force, but a restart would wait for the primary)");
+                                }
+                                s.reload()
+                            })
+                            .await;
                         }
                         Ok(Err(errs)) => {
                             metrics::counter!(crate::metrics::FEED_TRANSFER_FAILURES).increment(1);
@@ -373,6 +571,15 @@ async fn run(
                         }
                     }
                 }
+                if kind == "up-to-date" {
+                    store.confirm_transferred(&feed.name, unix_now());
+                    // The saved copy's age is its modification time: confirmed means fresh.
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&saved)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                }
+                metrics::gauge!(crate::metrics::FEED_AGE, "feed" => feed.name.clone()).set(0.0);
                 let refresh = copy
                     .soa
                     .as_ref()
@@ -382,6 +589,7 @@ async fn run(
             Err(e) => {
                 metrics::counter!(crate::metrics::FEED_TRANSFER_FAILURES).increment(1);
                 tracing::warn!(feed = %feed.name, %primary, error = %e, "feed transfer failed; keeping the last good copy");
+
                 let retry = copy.soa.as_ref().map_or(30, |(_, s)| s.retry.max(1) as u64);
                 Duration::from_secs(retry.min(feed.refresh_secs.unwrap_or(3600)).min(300))
             }

@@ -222,6 +222,14 @@ pub struct FeedConfig {
     /// Seconds between SOA checks of a transferred zone. Default: the SOA's refresh, at most 3600.
     #[serde(default)]
     pub refresh_secs: Option<u64>,
+    /// A transferred feed not confirmed by its primary for this many hours is reported stale
+    /// (log warning, `/v1/status`, metric); its last good copy stays in use. Default: 24.
+    #[serde(default = "default_feed_max_age")]
+    pub max_age_hours: f64,
+}
+
+fn default_feed_max_age() -> f64 {
+    24.0
 }
 
 /// `detection:` — flagging subscribers from botnet-feed lookups.
@@ -500,6 +508,23 @@ pub struct StateConfig {
     /// configuration file.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// Directory holding the last good copy of every transferred feed (one zone file each,
+    /// written atomically after each transfer and loaded at start-up before the first answer).
+    /// Default: `cleanpipe-feeds` next to the state database.
+    #[serde(default)]
+    pub feeds_dir: Option<PathBuf>,
+}
+
+impl StateConfig {
+    /// Where transferred feeds are kept.
+    pub fn feeds_dir(&self) -> PathBuf {
+        self.feeds_dir.clone().unwrap_or_else(|| {
+            self.path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("cleanpipe-feeds")
+        })
+    }
 }
 
 /// `log:` — logging.
@@ -679,6 +704,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             path: default_state_path(),
+            feeds_dir: None,
         }
     }
 }
@@ -735,6 +761,9 @@ impl Config {
         }
         join(&mut self.policy.allowlists);
         join(&mut self.state.path);
+        if let Some(p) = self.state.feeds_dir.as_mut() {
+            join(p);
+        }
         if let Some(p) = self.web.content_dir.as_mut() {
             join(p);
         }
@@ -792,6 +821,12 @@ impl Config {
                         f.name
                     )));
                 }
+            }
+            if !(f.max_age_hours > 0.0 && f.max_age_hours.is_finite()) {
+                return Err(invalid(format!(
+                    "feeds[{i}].max_age_hours: must be above 0 (got {})",
+                    f.max_age_hours
+                )));
             }
             if let Some(t) = &f.tsig
                 && !matches!(

@@ -174,12 +174,49 @@ async fn status(State(s): State<AdminState>) -> ApiResult {
         "mode": snap.mode,
         "trusted_only_in_force": snap.mode.trusted_only_at(now),
         "allowlist_version": snap.allowlist_version,
+        "feeds": feeds_status(&s.store, &snap, now),
         "profiles": snap.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "organisations": snap.organisations.iter().map(|o| json!({
             "id": o.id, "name": o.name, "standing": o.standing, "grace_hours": o.grace_hours,
             "strikes": strikes.iter().find(|(id, _)| *id == o.id).map_or(0, |(_, n)| *n),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Every configured feed: where it comes from, the serial and size of the copy in force, and
+/// for transferred feeds how fresh it is.
+fn feeds_status(
+    store: &PolicyStore,
+    snap: &crate::policy::Snapshot,
+    now: i64,
+) -> Vec<serde_json::Value> {
+    store
+        .feed_configs()
+        .iter()
+        .map(|f| {
+            let zone = snap.feeds.iter().find(|z| z.name == f.name);
+            let mut v = json!({
+                "name": f.name,
+                "source": zone.map(|z| z.source.as_str()),
+                "serial": zone.map(|z| z.zone.serial),
+                "triggers": zone.map(|z| z.zone.len()),
+            });
+            if f.primary.is_some() {
+                let t = store.transferred(&f.name);
+                let age = t.as_ref().map(|t| now - t.confirmed_at);
+                v["copy"] = json!(t.as_ref().map_or("none yet", |t| t.origin));
+                v["confirmed_at"] = json!(t.as_ref().map(|t| rfc3339(t.confirmed_at)));
+                v["age_secs"] = json!(age);
+                v["max_age_hours"] = json!(f.max_age_hours);
+                v["stale"] = json!(age.is_some_and(|a| a as f64 > f.max_age_hours * 3600.0));
+            }
+            v
+        })
+        .collect()
+}
+
+fn rfc3339(t: i64) -> String {
+    DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
 async fn reload(State(s): State<AdminState>) -> ApiResult {

@@ -327,7 +327,8 @@ fn reminders_and_revocation_follow_the_clock() {
     )
     .expect("config");
     let state = Arc::new(StateDb::open(&dir.path().join("state.sqlite")).expect("state"));
-    let store = Arc::new(PolicyStore::open(&config, state.clone()).expect("policy"));
+    let store =
+        Arc::new(PolicyStore::open(&config, state.clone(), Default::default()).expect("policy"));
     let first_seen = 1_795_161_600; // 2026-11-20T08:00:00Z; grace 100 h
     let clock = Arc::new(ManualClock::at(first_seen + 60));
     let engine =

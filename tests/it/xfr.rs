@@ -168,3 +168,84 @@ fn wrong_tsig_key_is_refused_and_nothing_is_loaded() {
     let (_, st) = cp.admin("GET", "/v1/status", None);
     assert_eq!(st["counts"]["feed_triggers"], 0, "{st}");
 }
+
+/// Restarted while its primary is unreachable, cleanpipe serves the last good copy of the
+/// feed from its first answer on (as BIND and Unbound secondaries do), shows its serial and
+/// age, and warns once the copy is older than `max_age_hours`.
+#[test]
+fn the_last_good_copy_survives_a_restart_without_the_primary() {
+    let _upstream = support::start_server(
+        "127.0.94.7",
+        5354,
+        vec![support::Zone::parse(
+            "transfer.example.",
+            "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nc2 300 IN A 198.51.100.66\n",
+        )],
+    );
+    let ip = support::fresh_ip();
+    let knot = Knot::start(
+        SocketAddr::new("127.0.94.3".parse().expect("ip"), 5399),
+        "xfr.rpz.example",
+        &zone(41, ""),
+        SocketAddr::new(ip, 5300),
+    );
+    let Some(knot) = knot else { return };
+    let feeds = format!(
+        "{}    max_age_hours: 0.001\n",
+        feed_yaml(TSIG_SECRET).replace("127.0.94.1", "127.0.94.3")
+    );
+    let mut cp = Cleanpipe::start_at(
+        ip,
+        "  mode: forward\n  forward:\n    - address: 127.0.94.7\n      port: 5354",
+        &feeds,
+        &[],
+    );
+    assert!(
+        support::within(Duration::from_secs(10), || blocked(
+            &cp,
+            "c2.transfer.example."
+        ))
+        .is_some(),
+        "AXFR did not arrive; log:\n{}",
+        cp.log()
+    );
+    let saved = cp.dir.join("cleanpipe-feeds/cert-transfer.rpz");
+    let text = std::fs::read_to_string(&saved).expect("the transferred feed is saved");
+    assert!(text.contains("c2.transfer.example"), "{text}");
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains(" 41 ")),
+        "{text}"
+    );
+
+    // The primary goes away; cleanpipe restarts.
+    drop(knot);
+    cp.terminate();
+    cp.spawn();
+    // `spawn` returns on readiness: the very first answer is filtered.
+    assert!(
+        blocked(&cp, "c2.transfer.example."),
+        "the saved copy is in force from the first answer; log:\n{}",
+        cp.log()
+    );
+    let (_, st) = cp.admin("GET", "/v1/status", None);
+    let feed = &st["feeds"][0];
+    assert_eq!(feed["name"], "cert-transfer", "{st}");
+    assert_eq!(feed["serial"], 41, "{st}");
+    assert_eq!(feed["copy"], "saved copy", "{st}");
+    // max_age_hours is 3.6 s here: once past it the copy is reported stale and still used.
+    std::thread::sleep(Duration::from_secs(4));
+    let stale = support::within(Duration::from_secs(40), || {
+        cp.admin("GET", "/v1/status", None).1["feeds"][0]["stale"] == true
+            && cp.log().contains("threat feed copy is stale")
+    });
+    assert!(stale.is_some(), "stale copy reported; log:\n{}", cp.log());
+    assert!(
+        blocked(&cp, "c2.transfer.example."),
+        "a stale copy is still used"
+    );
+    assert!(
+        cp.metric("cleanpipe_feed_age_seconds", &[("feed", "cert-transfer")])
+            .is_some_and(|a| a >= 3.0),
+        "the age is a metric"
+    );
+}
