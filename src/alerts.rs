@@ -190,12 +190,13 @@ impl AlertEngine {
     }
 
     /// Opens (or updates) alerts for every infected host inside an organisation in good
-    /// standing. Blocking (SQLite).
+    /// standing: one per signature, the infection's own and every other botnet signature the
+    /// host was seen looking up. Blocking (SQLite).
     pub fn sync(&self) -> Result<usize, StateError> {
         let snap = self.store.snapshot();
         let now = self.now();
         let mut opened = 0;
-        for inf in snap.infections() {
+        for (idx, inf) in snap.infections().iter().enumerate() {
             let Some(oi) = snap.organisation_of(inf.prefix.addr()) else {
                 continue;
             };
@@ -225,20 +226,40 @@ impl AlertEngine {
                     })
                     .collect()
             };
-            let r = self.store.state().upsert_alert(
-                &org.id,
-                inf.prefix,
-                snap.string(inf.family),
-                snap.string(inf.source),
+            let family = snap.string(inf.family);
+            let mut signatures = vec![(
+                family.to_owned(),
+                snap.string(inf.source).to_owned(),
                 inf.first_seen,
-                grace,
-                now,
-                &deliveries,
-            )?;
-            if let Some((a, true)) = r {
-                opened += 1;
-                metrics::counter!(crate::metrics::ALERTS_OPENED).increment(1);
-                tracing::warn!(alert = a.id, org = %a.org, host = %a.prefix, signature = %a.signature, deadline = %rfc3339(a.deadline), "organisation alert opened");
+            )];
+            for ev in snap.evidence(idx as u32) {
+                if !signatures.iter().any(|(s, _, _)| *s == ev.family) {
+                    signatures.push((
+                        ev.family.clone(),
+                        format!(
+                            "botnet detection: looked up {} (feed {})",
+                            ev.qname, ev.feed
+                        ),
+                        ev.first_at,
+                    ));
+                }
+            }
+            for (signature, source, first_seen) in signatures {
+                let r = self.store.state().upsert_alert(
+                    &org.id,
+                    inf.prefix,
+                    &signature,
+                    &source,
+                    first_seen,
+                    grace,
+                    now,
+                    &deliveries,
+                )?;
+                if let Some((a, true)) = r {
+                    opened += 1;
+                    metrics::counter!(crate::metrics::ALERTS_OPENED).increment(1);
+                    tracing::warn!(alert = a.id, org = %a.org, host = %a.prefix, signature = %a.signature, deadline = %rfc3339(a.deadline), "organisation alert opened");
+                }
             }
         }
         Ok(opened)

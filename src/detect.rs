@@ -3,9 +3,13 @@
 //! The DNS path only does a cache check and a non-blocking channel send. A background task
 //! writes the evidence and the infection flag to the state database in one transaction
 //! (durable before the policy changes), then rebuilds the policy once per batch, so a burst of
-//! detections costs one reload. Each host is flagged at most once per `detection.debounce_secs`;
-//! hosts already quarantined are not flagged again. Inside a whitelisted organisation in good
-//! standing the flag makes the decision `alert` instead of quarantine (see `policy::decide`).
+//! detections costs one reload. A lookup is recorded at most once per host and signature per
+//! `detection.debounce_secs`. A host already flagged (quarantined, or inside a whitelisted
+//! organisation with an open alert) keeps its flag: the lookup of another botnet's name is
+//! recorded as evidence of that signature, shown by `explain` and the cleanup page, and inside a
+//! whitelisted organisation opens an alert of its own (see `alerts::AlertEngine::sync`). Inside
+//! an organisation in good standing the flag makes the decision `alert` instead of quarantine
+//! (see `policy::decide`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,13 +38,16 @@ pub struct Detection {
     pub qname: String,
     /// Unix seconds.
     pub at: i64,
+    /// Flag the prefix infected (it was not, or only self-released); otherwise only evidence.
+    pub flag: bool,
 }
 
 /// Handle used by the DNS path.
 #[derive(Clone)]
 pub struct Detector {
     tx: mpsc::Sender<Detection>,
-    recent: moka::sync::Cache<IpAddr, ()>,
+    /// Recently recorded `(host, signature)` pairs (the debounce).
+    recent: moka::sync::Cache<(IpAddr, Box<str>), ()>,
     v6_len: u8,
 }
 
@@ -61,14 +68,12 @@ impl Detector {
 
     /// Reports a botnet-feed lookup by `ip`. Never blocks; drops (and counts) when overloaded.
     pub fn report(&self, ip: IpAddr, client: &ClientView, feed: &str, family: &str, qname: &str) {
-        if client.infection.is_some() && client.released.is_none() {
-            return; // already flagged; the policy handles it
-        }
         let ip = canonical_ip(ip);
-        if self.recent.contains_key(&ip) {
+        let key = (ip, Box::<str>::from(family));
+        if self.recent.contains_key(&key) {
             return;
         }
-        self.recent.insert(ip, ());
+        self.recent.insert(key, ());
         let prefix = match ip {
             IpAddr::V4(_) => IpNet::from(ip),
             IpAddr::V6(_) => IpNet::new(ip, self.v6_len)
@@ -82,6 +87,8 @@ impl Detector {
             family: family.to_owned(),
             qname: qname.to_owned(),
             at: chrono::Utc::now().timestamp(),
+            // A self-released host is flagged again: the new report ends its release.
+            flag: client.infection.is_none() || client.released.is_some(),
         };
         if self.tx.try_send(d).is_err() {
             metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "detection_dropped")
@@ -106,8 +113,13 @@ async fn record(store: Arc<PolicyStore>, mut rx: mpsc::Receiver<Detection>) {
                     tracing::error!(error = %e, prefix = %d.prefix, "recording a detection failed");
                     continue;
                 }
-                metrics::counter!(crate::metrics::DETECTIONS).increment(1);
-                tracing::warn!(prefix = %d.prefix, feed = %d.feed, family = %d.family, name = %d.qname, "botnet lookup: subscriber flagged infected");
+                let outcome = if d.flag { "flagged" } else { "evidence" };
+                metrics::counter!(crate::metrics::DETECTIONS, "outcome" => outcome).increment(1);
+                if d.flag {
+                    tracing::warn!(prefix = %d.prefix, feed = %d.feed, family = %d.family, name = %d.qname, "botnet lookup: subscriber flagged infected");
+                } else {
+                    tracing::warn!(prefix = %d.prefix, feed = %d.feed, family = %d.family, name = %d.qname, "botnet lookup by a subscriber already flagged: evidence recorded");
+                }
             }
             s.reload()
         })

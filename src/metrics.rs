@@ -27,7 +27,8 @@ pub const SNAPSHOT_ENTRIES: &str = "cleanpipe_policy_entries";
 pub const SELF_RELEASES: &str = "cleanpipe_self_releases_total";
 /// Matches of log-only feeds (answers unchanged).
 pub const FEED_LOG_ONLY: &str = "cleanpipe_feed_log_only_matches_total";
-/// Botnet-feed lookups that flagged a subscriber infected.
+/// Botnet-feed lookups recorded, by `outcome`: `flagged` (the subscriber was flagged infected) or
+/// `evidence` (already flagged: one more signature or sighting).
 pub const DETECTIONS: &str = "cleanpipe_botnet_detections_total";
 /// Feed transfers applied, by `kind` (AXFR, IXFR).
 pub const FEED_TRANSFERS: &str = "cleanpipe_feed_transfers_total";
@@ -80,7 +81,7 @@ pub fn describe() {
     metrics::describe_gauge!(FEED_SERIAL, "SOA serial of the feed copy in use, by feed");
     metrics::describe_counter!(
         DETECTIONS,
-        "Botnet-feed lookups that flagged a subscriber infected"
+        "Botnet-feed lookups recorded, by outcome (flagged, evidence)"
     );
     metrics::describe_counter!(FEED_TRANSFERS, "Feed zone transfers applied, by kind");
     metrics::describe_counter!(

@@ -68,7 +68,13 @@ const MIGRATIONS: &[&str] = &[
         reinstated_at INTEGER, reinstated_by TEXT, reinstate_reason TEXT);",
     // 5: whether the operator's exemptions replace those of mode.yaml (default: added to them).
     "ALTER TABLE global_mode ADD COLUMN exempt_replaces INTEGER NOT NULL DEFAULT 0;",
+    // 6: who flagged an infection: an operator (admin API, CLI) or botnet detection.
+    "ALTER TABLE infected ADD COLUMN origin TEXT NOT NULL DEFAULT 'admin-api';
+     CREATE INDEX detections_group ON detections (prefix, family, at);",
 ];
+
+/// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
+const EVIDENCE_DAYS: i64 = 90;
 
 /// An organisation alert as stored.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -361,7 +367,9 @@ impl StateDb {
         })
     }
 
-    /// Records a botnet-feed lookup as evidence and flags the prefix infected (one transaction).
+    /// Records a botnet-feed lookup as evidence and, when `d.flag`, flags the prefix infected
+    /// (one transaction). A host already flagged keeps its flag; the lookup is evidence of one
+    /// more signature.
     pub fn record_detection(&self, d: &crate::detect::Detection) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -370,12 +378,15 @@ impl StateDb {
                 "INSERT INTO detections (prefix, ip, feed, family, qname, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![p, d.ip.to_string(), d.feed, d.family, d.qname, d.at],
             )?;
-            tx.execute(
-                "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket) VALUES (?1, ?2, ?3, ?4, NULL)",
-                params![p, d.family, format!("botnet-lookup:{}", d.feed), d.at],
-            )?;
-            tx.execute("DELETE FROM cleared WHERE prefix = ?1", params![p])?;
-            Self::audit(&tx, &format!("feed {}", d.feed), "detect", &format!("{p} looked up {} ({})", d.qname, d.family))?;
+            if d.flag {
+                tx.execute(
+                    "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket, origin) VALUES (?1, ?2, ?3, ?4, NULL, 'botnet-detection')",
+                    params![p, d.family, crate::policy::compile::DETECTION, d.at],
+                )?;
+                tx.execute("DELETE FROM cleared WHERE prefix = ?1", params![p])?;
+            }
+            let outcome = if d.flag { "flagged infected" } else { "already flagged: evidence recorded" };
+            Self::audit(&tx, &format!("feed {}", d.feed), "detect", &format!("{p} looked up {} (feed {}, family {}); {outcome}", d.qname, d.feed, d.family))?;
             tx.commit()?;
             Ok(())
         })
@@ -696,18 +707,55 @@ impl StateDb {
     pub fn overrides(&self) -> Result<Overrides, StateError> {
         self.with(|c| {
             let mut o = Overrides::default();
-            let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket FROM infected ORDER BY prefix")?;
+            let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket, origin FROM infected ORDER BY prefix")?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?))
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get::<_, String>(5)?))
             })?;
             for row in rows {
-                let (p, family, source, first_seen, ticket) = row?;
-                o.infected.push(InfectedEntry {
+                let (p, family, source, first_seen, ticket, origin) = row?;
+                let e = InfectedEntry {
                     prefix: prefix(&p)?,
                     family,
                     source,
                     first_seen: ts(first_seen)?,
                     ticket,
+                };
+                if origin == "botnet-detection" {
+                    o.detected.push(e);
+                } else {
+                    o.infected.push(e);
+                }
+            }
+            // Evidence: per subscriber and signature, the latest lookup with the first time and
+            // the count, over the last EVIDENCE_DAYS.
+            let since = Utc::now().timestamp() - EVIDENCE_DAYS * 86_400;
+            let mut st = c.prepare(
+                "SELECT d.prefix, d.family, d.feed, d.qname, d.at, g.first, g.n FROM detections d
+                 JOIN (SELECT MAX(id) AS last, MIN(at) AS first, COUNT(*) AS n FROM detections
+                       WHERE at >= ?1 GROUP BY prefix, family) g ON d.id = g.last
+                 ORDER BY d.prefix, g.first",
+            )?;
+            let rows = st.query_map(params![since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })?;
+            for row in rows {
+                let (p, family, feed, qname, last_at, first_at, n) = row?;
+                o.evidence.push(crate::policy::Evidence {
+                    prefix: prefix(&p)?.0,
+                    family,
+                    feed,
+                    qname,
+                    first_at,
+                    last_at,
+                    count: u32::try_from(n).unwrap_or(u32::MAX),
                 });
             }
             let mut st = c.prepare("SELECT prefix, cleared_at FROM cleared ORDER BY prefix")?;

@@ -158,6 +158,8 @@ pub struct PolicyStore {
 struct InfectedKey {
     files: Vec<(String, Digest)>,
     flagged: Vec<InfectedEntry>,
+    detected: Vec<InfectedEntry>,
+    evidence: Vec<crate::policy::Evidence>,
     cleared: Vec<(ipnet::IpNet, i64)>,
 }
 
@@ -400,6 +402,8 @@ impl PolicyStore {
                 .map(|f| (f.display.clone(), f.digest))
                 .collect(),
             flagged: overrides.infected.clone(),
+            detected: overrides.detected.clone(),
+            evidence: overrides.evidence.clone(),
             cleared: overrides.cleared.clone(),
         };
         let reuse_infected = reuse

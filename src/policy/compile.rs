@@ -26,6 +26,11 @@ use std::sync::Arc;
 pub struct Overrides {
     /// Subscribers flagged infected by an operator. They replace a file entry for the same prefix.
     pub infected: Vec<InfectedEntry>,
+    /// Subscribers flagged infected by botnet detection (a lookup of a botnet-feed name), like
+    /// `infected` but shown with the origin "botnet detection".
+    pub detected: Vec<InfectedEntry>,
+    /// Evidence of botnet lookups (every signature per subscriber), attached to infections.
+    pub evidence: Vec<super::Evidence>,
     /// Subscribers unflagged by an operator, with the time: file entries for that exact prefix
     /// first seen before then are dropped (a newer report quarantines again).
     pub cleared: Vec<(IpNet, i64)>,
@@ -84,6 +89,8 @@ impl Default for CompileOptions {
 }
 
 const API: &str = "admin-api";
+/// The origin of infections flagged by botnet detection.
+pub const DETECTION: &str = "botnet detection";
 
 struct Builder {
     snap: Snapshot,
@@ -573,9 +580,16 @@ fn compile_infected(
     let mut set = InfectedSet::default();
     let mut interned: FxHashMap<Box<str>, u32> = FxHashMap::default();
     let api = file_index(&mut set.files, API);
-    let api_prefixes: HashSet<IpNet> = o.infected.iter().map(|e| e.prefix.0).collect();
+    let detection = file_index(&mut set.files, DETECTION);
+    let api_prefixes: HashSet<IpNet> = o
+        .infected
+        .iter()
+        .chain(&o.detected)
+        .map(|e| e.prefix.0)
+        .collect();
     let cleared: HashMap<IpNet, i64> = o.cleared.iter().copied().collect();
-    let total: usize = files.iter().map(|l| l.entries.len()).sum::<usize>() + o.infected.len();
+    let total: usize =
+        files.iter().map(|l| l.entries.len()).sum::<usize>() + o.infected.len() + o.detected.len();
     set.entries.reserve_exact(total);
     set.map.reserve_v4(32, total);
     let mut push = |set: &mut InfectedSet, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
@@ -628,8 +642,45 @@ fn compile_infected(
     for e in &o.infected {
         push(&mut set, api, API, 0, e);
     }
+    let operator: HashSet<IpNet> = o.infected.iter().map(|e| e.prefix.0).collect();
+    for e in o
+        .detected
+        .iter()
+        .filter(|e| !operator.contains(&e.prefix.0))
+    {
+        push(&mut set, detection, DETECTION, 0, e);
+    }
+    attach_evidence(&mut set, &o.evidence, &cleared);
     set.map.shrink_to_fit();
     set
+}
+
+/// Attaches each signature's evidence to the infection covering its prefix, leaving out
+/// lookups from before an operator cleared that infection (an earlier episode).
+fn attach_evidence(
+    set: &mut InfectedSet,
+    evidence: &[super::Evidence],
+    cleared: &HashMap<IpNet, i64>,
+) {
+    for ev in evidence {
+        let Some(idx) = set.map.longest_match(ev.prefix.addr()).map(|(_, i)| *i) else {
+            continue;
+        };
+        let Some(net) = set.entries.get(idx as usize).map(|i| i.prefix) else {
+            continue;
+        };
+        let cleared_at = [cleared.get(&net), cleared.get(&ev.prefix)]
+            .into_iter()
+            .flatten()
+            .max()
+            .copied();
+        if cleared_at.is_some_and(|c| ev.last_at <= c) {
+            continue;
+        }
+        let list = set.evidence.entry(idx).or_default();
+        list.push(ev.clone());
+        list.sort_by_key(|e| e.first_at);
+    }
 }
 
 fn compile_mode(

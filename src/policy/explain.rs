@@ -66,6 +66,24 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
                 .unwrap_or_default(),
             snap.infected.origin_text(i.origin)
         ));
+        for ev in snap.evidence(idx) {
+            details.push(format!(
+                "botnet detection: looked up {} (threat feed `{}`, family {}) {}{}",
+                ev.qname,
+                ev.feed,
+                ev.family,
+                when(ev.last_at),
+                if ev.count > 1 {
+                    format!(
+                        "; {} lookups recorded since {}",
+                        ev.count,
+                        when(ev.first_at)
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     if let Some(o) = client
         .organisation

@@ -52,6 +52,27 @@ pub struct Infection {
     pub origin: Origin,
 }
 
+/// Evidence of an infection: lookups of one botnet signature's names by one subscriber,
+/// recorded by detection ([`crate::detect`]) in the state database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The prefix the detection was recorded for (IPv4 /32, IPv6 delegation).
+    pub prefix: IpNet,
+    /// Malware family (from the feed's `family=` TXT record, else the feed's configured family).
+    pub family: String,
+    /// The threat feed that listed the name.
+    pub feed: String,
+    /// The name looked up last.
+    pub qname: String,
+    /// Unix seconds of the first and the last lookup.
+    pub first_at: i64,
+    /// See `first_at`.
+    pub last_at: i64,
+    /// Lookups recorded (debounced: at most one per host and signature per
+    /// `detection.debounce_secs`).
+    pub count: u32,
+}
+
 /// A trusted-zone enrolment, compiled.
 #[derive(Debug, Clone)]
 pub struct Enrolment {
@@ -287,6 +308,8 @@ pub struct InfectedSet {
     pub strings: Vec<Box<str>>,
     /// Files the entries came from (`Origin::file` indexes this).
     pub files: Vec<String>,
+    /// Botnet-lookup evidence by infection index, every signature seen (most entries have none).
+    pub evidence: rustc_hash::FxHashMap<u32, Vec<Evidence>>,
 }
 
 impl InfectedSet {
@@ -390,6 +413,14 @@ impl Snapshot {
     /// Enrolment `i` (an index from [`ClientView::enrolment`]).
     pub fn enrolment(&self, i: u32) -> Option<&Enrolment> {
         self.enrolled.entries.get(i as usize)
+    }
+
+    /// Botnet lookups recorded for an infection, one entry per signature, oldest first.
+    pub fn evidence(&self, infection: u32) -> &[Evidence] {
+        self.infected
+            .evidence
+            .get(&infection)
+            .map_or(&[], |v| v.as_slice())
     }
 
     /// The ticket reference of an infection.

@@ -343,7 +343,33 @@ fn quarantine_body(
     if let Some(t) = snap.ticket(infection) {
         let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", c.t("field_ticket"), esc(t));
     }
-    b.push_str("</dl></section>");
+    b.push_str("</dl>");
+    let evidence = snap.evidence(infection);
+    if !evidence.is_empty() {
+        // Every botnet signature seen, the C2 name and when: what to look for when cleaning.
+        let _ = write!(
+            b,
+            "<h3>{}</h3><ul id=\"detections\">",
+            c.t("detections_heading")
+        );
+        for ev in evidence {
+            let _ = write!(
+                b,
+                "<li>{}</li>",
+                c.ta(
+                    "detection_line",
+                    &[
+                        ("time", &when(ev.last_at, c.lang)),
+                        ("name", &ev.qname),
+                        ("family", &ev.family),
+                        ("feed", &ev.feed),
+                    ]
+                )
+            );
+        }
+        b.push_str("</ul>");
+    }
+    b.push_str("</section>");
     let _ = write!(
         b,
         "<section aria-labelledby=\"steps\"><h2 id=\"steps\">{}</h2><ol>",

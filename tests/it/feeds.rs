@@ -238,13 +238,30 @@ fn botnet_lookup_quarantines_the_subscriber() {
         vec![cp.sink()]
     );
     assert_eq!(up.count("other.feed.example", RecordType::A), 0);
-    // The cleanup page names the family from the feed's TXT record; evidence is durable.
+    // The cleanup page names the family from the feed's TXT record and the name looked up;
+    // evidence is durable.
     let page = cp.page(c, "/", &[]);
     assert!(
-        page.body.contains("Emotet") && page.body.contains("botnet-lookup:cert-botnet"),
+        page.body.contains("Emotet")
+            && page.body.contains("botnet detection")
+            && page.body.contains("c2.evil.example")
+            && page.body.contains("cert-botnet"),
         "{}",
         page.body
     );
+    // explain shows the evidence: the C2 name, the feed, the family, when, and the origin.
+    let (_, e) = cp.admin(
+        "GET",
+        "/v1/explain?client=127.0.0.90&name=other.feed.example",
+        None,
+    );
+    let details = e["details"].to_string();
+    assert!(
+        details.contains("looked up c2.evil.example (threat feed `cert-botnet`, family Emotet) 20"),
+        "{e}"
+    );
+    assert!(details.contains("(botnet detection)"), "origin: {e}");
+    assert!(!details.contains("admin-api"), "not an admin change: {e}");
     let (_, audit) = cp.admin("GET", "/v1/audit", None);
     assert!(audit.as_array().expect("list").iter().any(|a| {
         a["action"] == "detect"
@@ -382,4 +399,107 @@ fn a_broken_feed_at_start_up_says_so_once_with_the_first_errors() {
         !log.contains('\u{1b}'),
         "no colour codes in a log that is not a terminal"
     );
+}
+
+/// A host already flagged (by an abuse feed) that looks up another botnet's C2 name leaves
+/// evidence of the new signature, shown by explain and the cleanup page; inside a whitelisted
+/// organisation the new signature opens an alert of its own.
+#[test]
+fn lookups_by_hosts_already_flagged_are_recorded_per_signature() {
+    let (_up, cp) = setup(6);
+    // Reported an hour ago: the organisation is well within its 48 h to clean up.
+    let seen = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    cp.write_policy(
+        "infected.yaml",
+        &format!("infected:\n  - {{prefix: 127.0.0.93, family: Mirai, source: shadowserver, first_seen: \"{seen}\"}}\n  - {{prefix: 127.0.3.9, family: Mirai, source: shadowserver, first_seen: \"{seen}\"}}\n"),
+    );
+    let explain = |client: &str| {
+        cp.admin(
+            "GET",
+            &format!("/v1/explain?client={client}&name=www.feed.example"),
+            None,
+        )
+        .1
+    };
+    assert!(
+        support::within(Duration::from_secs(3), || explain("127.0.0.93")["reason"]
+            == "quarantined")
+        .is_some()
+    );
+    // The quarantined host looks up two botnets' names (Emotet by its own TXT, GenericBot by
+    // the zone's).
+    let c = ip("127.0.0.93");
+    let d = dig(cp.dns, Some(c), "c2.evil.example", "A", &[]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    let d = dig(cp.dns, Some(c), "panel.evil.example", "A", &[]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    let both = support::within(Duration::from_secs(3), || {
+        let e = explain("127.0.0.93").to_string();
+        e.contains("looked up c2.evil.example") && e.contains("looked up panel.evil.example")
+    });
+    assert!(
+        both.is_some(),
+        "evidence of both signatures: {}",
+        explain("127.0.0.93")
+    );
+    let e = explain("127.0.0.93");
+    assert!(
+        e["details"].to_string().contains("family Mirai"),
+        "the abuse feed's flag stays: {e}"
+    );
+    let page = cp.page(c, "/", &[]);
+    for needle in [
+        "Mirai",
+        "c2.evil.example",
+        "Emotet",
+        "panel.evil.example",
+        "GenericBot",
+    ] {
+        assert!(
+            page.body.contains(needle),
+            "{needle} on the page: {}",
+            page.body
+        );
+    }
+    // A repeated lookup of the same signature within the debounce is not a new record.
+    let d = dig(cp.dns, Some(c), "c2.evil.example", "A", &[]);
+    assert_eq!(d.status, "NXDOMAIN");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !explain("127.0.0.93").to_string().contains("2 lookups"),
+        "debounced per host and signature: {}",
+        explain("127.0.0.93")
+    );
+
+    // Inside the whitelisted organisation: the Mirai alert, then one for Emotet.
+    let h = ip("127.0.3.9");
+    let alerts = || {
+        cp.admin("GET", "/v1/alerts?org=hospital", None)
+            .1
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        support::within(Duration::from_secs(5), || alerts().len() == 1).is_some(),
+        "the abuse feed's alert: {:?}",
+        alerts()
+    );
+    let d = dig(cp.dns, Some(h), "c2.evil.example", "A", &[]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    let two = support::within(Duration::from_secs(5), || {
+        let a = alerts();
+        a.len() == 2 && a.iter().any(|a| a["signature"] == "Emotet")
+    });
+    assert!(
+        two.is_some(),
+        "a new signature opens its own alert: {:?}",
+        alerts()
+    );
+    let (_, e) = cp.admin(
+        "GET",
+        "/v1/explain?client=127.0.3.9&name=www.feed.example",
+        None,
+    );
+    assert_eq!(e["reason"], "organisation_alert", "still whitelisted: {e}");
 }
