@@ -280,6 +280,18 @@ impl<V> NameTable<V> {
         }
     }
 
+    /// Makes room for `names` more names of about `bytes` bytes in all (a bulk load that knows
+    /// its size grows the table once instead of rehashing it at every doubling).
+    pub fn reserve(&mut self, names: usize, bytes: usize) {
+        self.arena.reserve(bytes);
+        self.entries.reserve(names);
+        let (arena, entries) = (&self.arena, &self.entries);
+        self.index.reserve(names, |&j| {
+            let (off, l, _) = &entries[j as usize];
+            fx(&arena[*off as usize..*off as usize + *l as usize])
+        });
+    }
+
     /// Releases spare capacity after a bulk load.
     pub fn shrink_to_fit(&mut self) {
         self.arena.shrink_to_fit();

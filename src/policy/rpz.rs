@@ -332,6 +332,10 @@ pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Ve
     let mut owner = String::new();
     let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
     let mut exact: NameTable<Pending> = NameTable::default();
+    // A feed is about one trigger per line: size the table once (a million-name feed otherwise
+    // spends a sixth of its load time rehashing).
+    let lines = text.bytes().filter(|&b| b == b'\n').count();
+    exact.reserve(lines, text.len() / 2);
     let mut wildcard: NameTable<Pending> = NameTable::default();
     let mut client: rustc_hash::FxHashMap<String, Pending> = Default::default();
     let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {
