@@ -246,31 +246,6 @@ fn benches(c: &mut Criterion) {
             black_box(zone.match_qname(black_box(&feed_names[i % feed_names.len()])))
         })
     });
-    let cache =
-        cleanpipe::resolve::cache::AnswerCache::new(&cleanpipe::config::CacheConfig::default());
-    let name = hickory_proto::rr::Name::from_ascii("www.example.org.").expect("name");
-    let key = cleanpipe::resolve::cache::CacheKey::new(&name, RecordType::A);
-    let answer = cleanpipe::resolve::Answer {
-        rcode: hickory_proto::op::ResponseCode::NoError,
-        answers: vec![hickory_proto::rr::Record::from_rdata(
-            name.clone(),
-            300,
-            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
-        )],
-        authorities: Vec::new(),
-    };
-    cache.insert(key.clone(), &answer);
-    g.bench_function(
-        "answer-cache hit (key + lookup + decode with TTLs aged)",
-        |b| {
-            b.iter(|| {
-                black_box(cache.get(&cleanpipe::resolve::cache::CacheKey::new(
-                    black_box(&name),
-                    RecordType::A,
-                )))
-            })
-        },
-    );
     g.finish();
 
     let mut g = c.benchmark_group("compile");
@@ -300,5 +275,80 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(policy, benches);
+/// The whole synchronous request path (parse, identify, decide, record, cache probe, encode)
+/// for a cached name, as the UDP loop runs it, and the cache probe alone.
+fn request_path(c: &mut Criterion) {
+    use cleanpipe::dns::{Client, Now, Pipeline, Step, Transport};
+    use cleanpipe::resolve::cache::{CachedAnswer, Key};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let text = format!(
+        "resolver:\n  mode: forward\n  forward:\n    - address: 127.0.0.1\n      port: 9\npolicy:\n  allowlists: {}/allowlists\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = cleanpipe::config::Config::from_str_in(&text, "bench.yaml", Path::new("."))
+        .expect("config");
+    let state = Arc::new(cleanpipe::state::StateDb::in_memory().expect("state"));
+    let store = Arc::new(
+        cleanpipe::store::PolicyStore::open(&config, state, Default::default()).expect("policy"),
+    );
+    let resolver = Arc::new(
+        cleanpipe::resolve::Resolver::from_config(&config, rt.handle().clone()).expect("resolver"),
+    );
+    let name = hickory_proto::rr::Name::from_ascii("www.example.org.").expect("name");
+    let answer = cleanpipe::resolve::Answer {
+        rcode: hickory_proto::op::ResponseCode::NoError,
+        answers: vec![hickory_proto::rr::Record::from_rdata(
+            name.clone(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        )],
+        authorities: Vec::new(),
+    };
+    let key = Key::from_name(&name, RecordType::A, 0).expect("key");
+    let cached = CachedAnswer::build(&name, RecordType::A, &answer, 300).expect("builds");
+    resolver.cache().insert(&key, Arc::new(cached));
+    let pipeline = Pipeline::new(store, resolver.clone());
+    let mut m = hickory_proto::op::Message::query();
+    m.metadata.id = 7;
+    m.metadata.recursion_desired = true;
+    m.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("WwW.Example.ORG.").expect("name"),
+        RecordType::A,
+    ));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(1232);
+    m.set_edns(edns);
+    let query = m.to_vec().expect("query");
+    let client = Client {
+        addr: "127.0.0.1:5353".parse().expect("addr"),
+        transport: Transport::Udp,
+    };
+    let mut out = Vec::with_capacity(512);
+    let mut g = c.benchmark_group("request path");
+    g.bench_function("cached name over UDP: parse .. encode", |b| {
+        b.iter(|| {
+            let step = pipeline.start(black_box(&query), client, Now::read(), &mut out);
+            assert!(matches!(step, Step::Answered));
+            black_box(out.len())
+        })
+    });
+    let now = std::time::Instant::now();
+    g.bench_function(
+        "answer-cache probe (key from the wire name + lookup)",
+        |b| {
+            let q = cleanpipe::wire::Query::parse(&query).expect("query");
+            b.iter(|| {
+                let k = Key::from_wire(black_box(q.qname()), 1, 0).expect("key");
+                black_box(resolver.cache().get(&k, now).is_some())
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(policy, benches, request_path);
 criterion_main!(policy);

@@ -13,7 +13,9 @@
 //! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
-//! - [`dns`]: the DNS front end: identify client → decide → resolve or synthesize → respond.
+//! - [`wire`]: DNS wire format: a query read once, replies written with OPT, EDE and TC.
+//! - [`dns`]: the one request path (parse → identify → decide → answer → encode) and the
+//!   UDP and TCP transports that feed it.
 //! - [`web`]: the admin HTTP API.
 //! - [`metrics`]: metric names and their descriptions.
 //! - [`xfr`]: threat feeds kept current by AXFR/IXFR with TSIG and NOTIFY.
@@ -31,4 +33,5 @@ pub mod state;
 pub mod store;
 pub mod watch;
 pub mod web;
+pub mod wire;
 pub mod xfr;

@@ -38,6 +38,12 @@ pub const FEED_TRANSFER_FAILURES: &str = "cleanpipe_feed_transfer_failures_total
 pub const FEED_AGE: &str = "cleanpipe_feed_age_seconds";
 /// SOA serial of the feed copy in use, by `feed`.
 pub const FEED_SERIAL: &str = "cleanpipe_feed_serial";
+/// Open client connections of a stream transport, by `transport` (tcp).
+pub const CONNECTIONS_OPEN: &str = "cleanpipe_connections_open";
+/// Connections refused at accept, by `transport` and `why` (per_client, full).
+pub const CONNECTIONS_REFUSED: &str = "cleanpipe_connections_refused_total";
+/// Idle connections closed to make room for new ones, by `transport`.
+pub const CONNECTIONS_EVICTED: &str = "cleanpipe_connections_evicted_total";
 /// Organisation alerts opened.
 pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
 /// Organisation alerts resolved by an operator.
@@ -74,6 +80,15 @@ pub fn describe() {
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by transport");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused at accept, by transport and why (per_client, full)"
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_EVICTED,
+        "Idle connections closed to make room for new ones, by transport"
+    );
     metrics::describe_gauge!(
         FEED_AGE,
         "Seconds since the primary last transferred or confirmed the feed copy in use, by feed"

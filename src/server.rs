@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::dns::DnsHandler;
+use crate::dns::Pipeline;
 use crate::dns::listen::{ListenError, Listeners};
 use crate::resolve::{ResolveError, Resolver};
 use crate::state::{StateDb, StateError};
@@ -96,7 +96,7 @@ pub async fn serve(
         &config,
         tokio::runtime::Handle::current(),
     )?);
-    let mut handler = DnsHandler::new(store.clone(), resolver.clone());
+    let mut handler = Pipeline::new(store.clone(), resolver.clone());
     if config.feeds.iter().any(|f| f.botnet) {
         handler = handler.with_detector(crate::detect::Detector::spawn(
             store.clone(),

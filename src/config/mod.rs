@@ -350,6 +350,27 @@ pub struct ListenConfig {
     /// UDP receive buffer asked of the kernel per socket, in bytes. Default: 4 MiB.
     #[serde(default = "default_udp_buffer")]
     pub udp_receive_buffer: usize,
+    /// Open DNS-over-TCP connections at most, over all threads; at the limit the connection
+    /// idle the longest is closed for a new one. Also capped by the open-file limit (a quarter
+    /// of it). Default: 4096.
+    #[serde(default = "default_tcp_max")]
+    pub tcp_max_connections: usize,
+    /// Open DNS-over-TCP connections per client address at most (IPv6: per /64). Default: 64.
+    #[serde(default = "default_tcp_per_client")]
+    pub tcp_connections_per_client: usize,
+    /// Queries answered at once on one TCP connection (pipelining); more wait. Default: 32.
+    #[serde(default = "default_tcp_pipeline")]
+    pub tcp_pipeline: usize,
+}
+
+fn default_tcp_max() -> usize {
+    4096
+}
+fn default_tcp_per_client() -> usize {
+    64
+}
+fn default_tcp_pipeline() -> usize {
+    32
 }
 
 /// `clients:` — access control. cleanpipe is never an open resolver by default.
@@ -635,6 +656,9 @@ impl Default for ListenConfig {
             threads: 0,
             tcp_idle_timeout_secs: default_tcp_idle(),
             udp_receive_buffer: default_udp_buffer(),
+            tcp_max_connections: default_tcp_max(),
+            tcp_connections_per_client: default_tcp_per_client(),
+            tcp_pipeline: default_tcp_pipeline(),
         }
     }
 }

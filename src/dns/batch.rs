@@ -145,8 +145,9 @@ impl SendBatch {
     /// A buffer for the next answer (to fill), or `None` when the batch is full.
     pub fn next_buf(&mut self) -> &mut Vec<u8> {
         if self.bufs.len() <= self.used {
-            self.bufs
-                .push(Vec::with_capacity(usize::from(super::MAX_UDP_PAYLOAD)));
+            self.bufs.push(Vec::with_capacity(usize::from(
+                crate::wire::MAX_UDP_PAYLOAD,
+            )));
         }
         &mut self.bufs[self.used]
     }

@@ -1,6 +1,8 @@
 //! DNS listeners: one serving thread per core, each with a current-thread runtime and its own
-//! SO_REUSEPORT UDP socket and TCP listener per configured address. UDP is read by our own loop
-//! (fast path first, see [`super::fast`]); TCP is served by hickory-server.
+//! SO_REUSEPORT UDP socket and TCP listener per configured address. Both only frame bytes and
+//! name the client; the [`Pipeline`] does the rest. UDP packets are read and answered in
+//! batches (`recvmmsg`/`sendmmsg`); a query the pipeline cannot answer at once continues on a
+//! task of the same thread.
 //!
 //! Why: measured on our 2-core machines (shared/PEERS.md), hickory-server on one multi-thread
 //! runtime with one socket cost ~1.65× the CPU per query of a bare UDP loop, while one
@@ -11,21 +13,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use hickory_proto::op::MessageType;
-use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::Server;
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol as DnsProtocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use super::DnsHandler;
+use super::tcp::{Connections, Limits};
+use super::{Client, Now, Pipeline, Step, Transport};
 use crate::config::ListenConfig;
 
 /// A failure to start listening.
@@ -52,6 +45,7 @@ pub struct Listeners {
     stop: watch::Sender<bool>,
     /// The bound addresses (with real ports when port 0 was asked).
     pub addrs: Vec<SocketAddr>,
+    conns: Arc<Connections>,
 }
 
 /// A socket for `addr` of the given kind (IPv6 sockets serve IPv6 only).
@@ -157,7 +151,7 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
 
 impl Listeners {
     /// Binds every socket (so errors surface before anything serves), then starts the threads.
-    pub fn start(config: &ListenConfig, handler: DnsHandler) -> Result<Self, ListenError> {
+    pub fn start(config: &ListenConfig, pipeline: Pipeline) -> Result<Self, ListenError> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -184,55 +178,14 @@ impl Listeners {
             addrs.push(addr);
         }
         let (stop, stop_rx) = watch::channel(false);
-        let idle = Duration::from_secs(config.tcp_idle_timeout_secs.max(1));
-        let handler = Arc::new(handler);
+        let pipeline = Arc::new(pipeline);
+        let conns = Connections::new(Limits::from_config(config), "tcp");
         let mut handles = Vec::new();
         for (i, sockets) in per_thread.into_iter().enumerate() {
-            let handler = handler.clone();
-            let mut stop_rx = stop_rx.clone();
+            let (pipeline, conns, stop_rx) = (pipeline.clone(), conns.clone(), stop_rx.clone());
             let h = std::thread::Builder::new()
                 .name(format!("dns-{i}"))
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot build serving runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        let mut server = Server::new(SharedHandler(handler.clone()));
-                        let mut udp_tasks = Vec::new();
-                        for (udp, tcp) in sockets {
-                            match (
-                                tokio::net::UdpSocket::from_std(udp),
-                                tokio::net::TcpListener::from_std(tcp),
-                            ) {
-                                (Ok(u), Ok(t)) => {
-                                    udp_tasks.push(tokio::spawn(udp_loop(
-                                        Arc::new(u),
-                                        handler.clone(),
-                                        stop_rx.clone(),
-                                    )));
-                                    server.register_listener(t, idle, 64 * 1024);
-                                }
-                                (Err(e), _) | (_, Err(e)) => {
-                                    tracing::error!(error = %e, "cannot register socket");
-                                }
-                            }
-                        }
-                        let _ = stop_rx.wait_for(|s| *s).await;
-                        for t in udp_tasks {
-                            let _ = t.await;
-                        }
-                        if let Err(e) = server.shutdown_gracefully().await {
-                            tracing::debug!(error = %e, "listener shutdown");
-                        }
-                    });
-                })
+                .spawn(move || serve_thread(sockets, pipeline, conns, stop_rx))
                 .map_err(ListenError::Thread)?;
             handles.push(h);
         }
@@ -240,30 +193,87 @@ impl Listeners {
             threads: handles,
             stop,
             addrs,
+            conns,
         })
     }
 
-    /// Stops accepting and joins the threads.
+    /// Open DNS-over-TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Stops accepting, closes connections and joins the threads.
     pub fn stop(self) {
         let _ = self.stop.send(true);
+        self.conns.close_all();
         for t in self.threads {
             let _ = t.join();
         }
     }
 }
 
-/// One UDP socket's loop: reads every waiting packet, answers the fast path inline and hands
-/// the rest to a task running the full handler. Stops when `stop` turns true.
+/// One serving thread: a current-thread runtime running the UDP loop and the TCP listener of
+/// each address until `stop`.
+fn serve_thread(
+    sockets: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+    pipeline: Arc<Pipeline>,
+    conns: Arc<Connections>,
+    stop: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build serving runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for (udp, tcp) in sockets {
+            match (
+                tokio::net::UdpSocket::from_std(udp),
+                tokio::net::TcpListener::from_std(tcp),
+            ) {
+                (Ok(u), Ok(t)) => {
+                    tasks.push(tokio::spawn(udp_loop(
+                        Arc::new(u),
+                        pipeline.clone(),
+                        stop.clone(),
+                    )));
+                    tasks.push(tokio::spawn(super::tcp::serve(
+                        t,
+                        pipeline.clone(),
+                        conns.clone(),
+                        stop.clone(),
+                    )));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot register socket");
+                }
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    // Dropping the runtime ends the connection tasks still running.
+}
+
+/// One UDP socket's loop: reads every waiting packet, runs the pipeline's synchronous stages
+/// on each and sends the replies of the batch together; a query that needs the backend
+/// continues on a task. Stops when `stop` turns true.
 async fn udp_loop(
     socket: Arc<tokio::net::UdpSocket>,
-    handler: Arc<DnsHandler>,
+    pipeline: Arc<Pipeline>,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     let mut rx = super::batch::RecvBatch::default();
     let mut tx = super::batch::SendBatch::default();
-    let mut cache = super::fast::WireCache::default();
     loop {
         tokio::select! {
             r = socket.readable() => {
@@ -284,17 +294,29 @@ async fn udp_loop(
                 }
             };
             // One clock read per batch of packets, not per packet.
-            let now = (chrono::Utc::now().timestamp(), std::time::Instant::now());
+            let now = Now::read();
             for i in 0..n {
                 let (packet, src) = rx.get(i);
                 let Some(src) = src.filter(|s| s.port() != 0) else {
                     continue;
                 };
-                if handler.try_fast(packet, src, now, &mut cache, tx.next_buf()) {
-                    tx.push(src);
-                    continue;
+                let client = Client {
+                    addr: src,
+                    transport: Transport::Udp,
+                };
+                match pipeline.start(packet, client, now, tx.next_buf()) {
+                    Step::Answered => tx.push(src),
+                    Step::Silent => {}
+                    Step::Pending(p) => {
+                        let (pipeline, socket) = (pipeline.clone(), socket.clone());
+                        tokio::spawn(async move {
+                            let mut out = Vec::with_capacity(512);
+                            if pipeline.finish(p, &mut out).await {
+                                let _ = socket.send_to(&out, src).await;
+                            }
+                        });
+                    }
                 }
-                full_path(&socket, &handler, packet, src);
             }
             if !tx.is_empty() {
                 let sent = socket
@@ -309,92 +331,5 @@ async fn udp_loop(
                 break;
             }
         }
-    }
-}
-
-/// Hands a packet the fast path did not answer to the full handler, on its own task.
-fn full_path(
-    socket: &Arc<tokio::net::UdpSocket>,
-    handler: &Arc<DnsHandler>,
-    packet: &[u8],
-    src: SocketAddr,
-) {
-    match Request::from_bytes(packet.to_vec(), src, DnsProtocol::Udp) {
-        Ok(request) if request.metadata.message_type == MessageType::Query => {
-            let (handler, responder) = (
-                handler.clone(),
-                UdpResponder {
-                    socket: socket.clone(),
-                    dst: src,
-                },
-            );
-            tokio::spawn(async move {
-                handler
-                    .handle_request::<UdpResponder, TokioTime>(&request, responder)
-                    .await;
-            });
-        }
-        Ok(_) => {} // a response: never answered (reflection)
-        Err(_) => {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "malformed").increment(1);
-            if let Some(f) = super::fast::formerr(packet) {
-                let _ = socket.try_send_to(&f, src);
-            }
-        }
-    }
-}
-
-/// Sends full-path answers back on the UDP socket the query came in on, truncated to what the
-/// client can take (its EDNS payload, or 512 bytes).
-#[derive(Clone)]
-struct UdpResponder {
-    socket: Arc<tokio::net::UdpSocket>,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response
-            .destructive_emit(&mut encoder)
-            .map_err(|e| NetError::from(e.to_string()))?;
-        self.socket
-            .send_to(&bytes, self.dst)
-            .await
-            .map_err(|e| NetError::from(e.to_string()))?;
-        Ok(info)
-    }
-}
-
-/// The handler shared by every serving thread.
-struct SharedHandler(Arc<DnsHandler>);
-
-#[async_trait::async_trait]
-impl hickory_server::server::RequestHandler for SharedHandler {
-    async fn handle_request<
-        R: hickory_server::server::ResponseHandler,
-        T: hickory_server::net::runtime::Time,
-    >(
-        &self,
-        request: &hickory_server::server::Request,
-        response_handle: R,
-    ) -> hickory_server::server::ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
     }
 }

@@ -1,125 +1,181 @@
-//! The DNS front end: identify the client → decide → resolve or synthesize → respond.
+//! The DNS request path, written once for every transport.
 //!
-//! Every request gets an answer: malformed ones FORMERR, unsupported ones NOTIMP/REFUSED, EDNS
-//! versions above 0 BADVERS, backend failures SERVFAIL, each with a counter. Blocks carry an
-//! Extended DNS Error (RFC 8914) so operators and curious users can see why with `dig`:
-//! 15 Blocked (quarantine, global trusted-only mode), 17 Filtered (opted-in trusted zone),
-//! 18 Prohibited (client network not served). A blocked or refused query never reaches a backend.
+//! ```text
+//! transport (udp | tcp | ...)  ->  bytes + who sent them (Client)
+//! parse      wire::Query::parse            once; FORMERR / NOTIMP / BADVERS / ignored
+//! identify   Snapshot::classify            the client's policy facts
+//! decide     policy::decide                the only place precedence lives
+//! record     Pipeline::record              metrics, detections, alert sightings, log-only feeds
+//! answer     cache hit | synthesis         in `start`, synchronously
+//!            | backend (Pending)           in `finish`, on the serving thread's runtime
+//! encode     wire::Response::finish        OPT, EDE, payload clamp and TC: once
+//! ```
+//!
+//! [`Pipeline::start`] runs every stage that needs no waiting and answers most queries on the
+//! spot: cached names, policy answers (sinkhole, NXDOMAIN, ...), refusals. What needs the
+//! backend comes back as [`Step::Pending`], carrying the decision, and [`Pipeline::finish`]
+//! completes it: the query is never parsed or decided twice, and the cache is probed once. The
+//! UDP "fast path" is simply this: `start` answered. Transports only frame bytes and name the
+//! client.
+//!
+//! Every request gets an answer where one is due: malformed ones FORMERR, unsupported ones
+//! NOTIMP/REFUSED, EDNS versions above 0 BADVERS, backend failures SERVFAIL, each with a counter.
+//! Blocks carry an Extended DNS Error (RFC 8914): 15 Blocked (quarantine, threat feeds, global
+//! trusted-only mode), 17 Filtered (opted-in trusted zone), 18 Prohibited (client network not
+//! served). A blocked or refused query never reaches a backend.
 
 pub mod batch;
-pub mod fast;
 pub mod listen;
+pub mod tcp;
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::rr::rdata::CNAME;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::policy::rpz::LocalRecord;
-use crate::policy::{Action, Page, QName, Question, Reason, decide};
-use crate::resolve::{Answer, Resolver};
+use crate::policy::{Action, ClientView, Decision, Page, QName, Question, Reason, decide};
+use crate::resolve::Resolver;
+use crate::resolve::cache::Key;
 use crate::store::PolicyStore;
+use crate::wire::{self, Malformed, OptOut, Owner, Query, Response, rcode};
 
-/// The UDP payload size cleanpipe offers (the DNS Flag Day 2020 value).
-pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// How a query reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain UDP: the source address is not proven.
+    Udp,
+    /// Plain TCP: the handshake proved the source address.
+    Tcp,
+}
 
-/// EDNS option code of Extended DNS Errors.
-const EDE_OPTION: u16 = 15;
+impl Transport {
+    /// The largest reply this transport carries for `q`.
+    fn limit(self, q: &Query<'_>) -> usize {
+        match self {
+            Transport::Udp => q.udp_limit(),
+            Transport::Tcp => usize::from(u16::MAX),
+        }
+    }
 
-/// Handles every DNS request of every listener.
-pub struct DnsHandler {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Who sent a query, as the transport knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// Source address and port.
+    pub addr: SocketAddr,
+    /// How it came.
+    pub transport: Transport,
+}
+
+/// Clock readings taken once per batch of packets, not per packet.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Unix seconds, for the policy.
+    pub unix: i64,
+    /// Monotonic time, for the cache.
+    pub instant: Instant,
+}
+
+impl Now {
+    /// The current time.
+    pub fn read() -> Self {
+        Self {
+            unix: chrono::Utc::now().timestamp(),
+            instant: Instant::now(),
+        }
+    }
+}
+
+/// What [`Pipeline::start`] did with a query.
+#[derive(Debug)]
+pub enum Step {
+    /// The reply is in the output buffer.
+    Answered,
+    /// Nothing to send (unreadable, a response, RPZ DROP).
+    Silent,
+    /// The reply needs the backend: complete it with [`Pipeline::finish`].
+    Pending(Box<Pending>),
+}
+
+/// A decided query waiting for the backend. It owns a copy of the packet and everything the
+/// answer needs, so the snapshot it was decided on can go.
+#[derive(Debug)]
+pub struct Pending {
+    wire: Vec<u8>,
+    transport: Transport,
+    work: Work,
+    ede: Option<(u16, Cow<'static, str>)>,
+}
+
+#[derive(Debug)]
+enum Work {
+    /// Resolve the question itself (cache miss).
+    Resolve {
+        key: Box<Key>,
+        name: Name,
+        qtype: RecordType,
+    },
+    /// `name CNAME target` (safe search, feed local data), then the target resolved.
+    Alias {
+        target: Name,
+        qtype: RecordType,
+        ttl: u32,
+    },
+}
+
+/// The request path shared by every transport and serving thread.
+pub struct Pipeline {
     store: Arc<PolicyStore>,
     resolver: Arc<Resolver>,
     inflight: Arc<AtomicUsize>,
     detector: Option<crate::detect::Detector>,
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
-    counters: FastCounters,
+    counters: Counters,
 }
 
-/// Counters of the fast path, registered once (a labelled `counter!` per query costs a
-/// registry lookup).
-struct FastCounters {
+/// Decision counters, registered once each (a labelled `counter!` per query costs a registry
+/// lookup), indexed by action and reason.
+struct Counters {
+    decisions: Box<[OnceLock<metrics::Counter>]>,
     cache_hits: metrics::Counter,
-    by_reason: Vec<(&'static str, metrics::Counter)>,
 }
 
-impl FastCounters {
+impl Counters {
     fn new() -> Self {
-        let by_reason = [
-            "normal",
-            "remediation",
-            "trusted_allowed",
-            "global_trusted_allowed",
-            "self_released",
-        ]
-        .into_iter()
-        .map(|r| {
-            (
-                r,
-                metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => r),
-            )
-        })
-        .collect();
         Self {
+            decisions: (0..Action::KINDS * Reason::KINDS)
+                .map(|_| OnceLock::new())
+                .collect(),
             cache_hits: metrics::counter!(crate::metrics::CACHE_HITS),
-            by_reason,
         }
     }
 
-    fn hit(&self, reason: Reason) {
-        self.cache_hits.increment(1);
-        let label = reason.label();
-        match self.by_reason.iter().find(|(l, _)| std::ptr::eq(*l, label) || *l == label) {
-            Some((_, c)) => c.increment(1),
-            None => metrics::counter!(crate::metrics::DECISIONS, "action" => "resolve", "reason" => label).increment(1),
-        }
-    }
-}
-
-/// A response before encoding.
-struct Reply {
-    rcode: ResponseCode,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    ede: Option<(u16, Cow<'static, str>)>,
-    /// Send nothing (RPZ DROP).
-    drop: bool,
-    /// Set TC (RPZ TCP-only over UDP).
-    truncated: bool,
-}
-
-impl Reply {
-    fn error(rcode: ResponseCode) -> Self {
-        Self {
-            rcode,
-            answers: Vec::new(),
-            authorities: Vec::new(),
-            ede: None,
-            drop: false,
-            truncated: false,
-        }
-    }
-
-    fn records(rcode: ResponseCode, answers: Vec<Record>) -> Self {
-        Self {
-            answers,
-            ..Self::error(rcode)
-        }
-    }
-
-    fn from_answer(a: Answer) -> Self {
-        Self {
-            authorities: a.authorities,
-            ..Self::records(a.rcode, a.answers)
+    fn decision(&self, d: &Decision) {
+        let i = d.action.index() * Reason::KINDS + d.reason.index();
+        if let Some(c) = self.decisions.get(i) {
+            c.get_or_init(|| {
+                metrics::counter!(
+                    crate::metrics::DECISIONS,
+                    "action" => d.action.label(),
+                    "reason" => d.reason.label()
+                )
+            })
+            .increment(1);
         }
     }
 }
@@ -133,8 +189,12 @@ impl Drop for InFlight {
     }
 }
 
-impl DnsHandler {
-    /// A handler over the policy store and resolver.
+fn bad_request(kind: &'static str) {
+    metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => kind).increment(1);
+}
+
+impl Pipeline {
+    /// A pipeline over the policy store and resolver.
     pub fn new(store: Arc<PolicyStore>, resolver: Arc<Resolver>) -> Self {
         Self {
             store,
@@ -143,7 +203,7 @@ impl DnsHandler {
             detector: None,
             notifier: None,
             alerts: None,
-            counters: FastCounters::new(),
+            counters: Counters::new(),
         }
     }
 
@@ -165,372 +225,386 @@ impl DnsHandler {
         self
     }
 
-    /// Requests being answered right now (graceful shutdown waits for 0).
+    /// Queries waiting for the backend right now (graceful shutdown waits for 0).
     pub fn inflight(&self) -> Arc<AtomicUsize> {
         self.inflight.clone()
     }
 
-    async fn answer(&self, request: &Request) -> Reply {
-        if request.metadata.op_code == OpCode::Notify {
-            // RFC 1996: a primary tells us a feed changed. Only configured primaries, for
-            // their zones; everyone else is refused.
-            let accepted = match (&self.notifier, request.request_info()) {
-                (Some(n), Ok(info)) => n.notify(&info.query.name().to_string(), request.src().ip()),
-                _ => false,
-            };
-            return Reply::error(if accepted {
-                ResponseCode::NoError
-            } else {
-                ResponseCode::Refused
-            });
+    /// Answers a query completely: [`Pipeline::start`], then [`Pipeline::finish`] when needed.
+    /// `true` when `out` holds a reply to send.
+    pub async fn handle(&self, wire: &[u8], client: Client, out: &mut Vec<u8>) -> bool {
+        match self.start(wire, client, Now::read(), out) {
+            Step::Answered => true,
+            Step::Silent => false,
+            Step::Pending(p) => self.finish(p, out).await,
         }
-        if request.metadata.op_code != OpCode::Query {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "opcode").increment(1);
-            return Reply::error(ResponseCode::NotImp);
-        }
-        let Ok(info) = request.request_info() else {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "query_count").increment(1);
-            return Reply::error(ResponseCode::FormErr);
+    }
+
+    /// Every stage that needs no waiting: parse, identify, decide, record, and the answer when
+    /// it comes from the cache or from the policy itself.
+    pub fn start(&self, wire: &[u8], client: Client, now: Now, out: &mut Vec<u8>) -> Step {
+        let q = match Query::parse(wire) {
+            Ok(q) => q,
+            Err(m) => return self.refuse_malformed(wire, m, out),
         };
-        let query = info.query;
-        let qtype = query.query_type();
-        if query.query_class() != DNSClass::IN {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "class").increment(1);
-            return Reply::error(ResponseCode::Refused);
+        if q.opcode == wire::opcode::NOTIFY {
+            return self.notify(&q, client, out);
         }
-        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "transfer").increment(1);
-            return Reply::error(ResponseCode::Refused);
+        if q.qclass != 1 {
+            bad_request("class");
+            return answer_rcode(&q, client, rcode::REFUSED, None, out);
         }
-        let name: Name = query.name().into();
-        let Some(qname) = QName::from_labels(name.iter()) else {
-            return Reply::error(ResponseCode::FormErr);
+        if matches!(q.qtype, 251 | 252) {
+            bad_request("transfer"); // IXFR, AXFR: cleanpipe serves no zones
+            return answer_rcode(&q, client, rcode::REFUSED, None, out);
+        }
+        let Some(qname) = QName::from_labels(q.labels()) else {
+            bad_request("malformed");
+            return answer_rcode(&q, client, rcode::FORMERR, None, out);
         };
+        let qtype = RecordType::from(q.qtype);
+        let question = Question { name: qname, qtype };
 
         let current = self.store.current();
         let snap = &current.snapshot;
-        let client = current.client(request.src().ip());
-        let question = Question { name: qname, qtype };
-        let now = chrono::Utc::now().timestamp();
-        let decision = decide(snap, &client, &question, now);
-        metrics::counter!(
-            crate::metrics::DECISIONS,
-            "action" => action_label(decision.action),
-            "reason" => decision.reason.label()
-        )
-        .increment(1);
+        let view = current.client(client.addr.ip());
+        let decision = decide(snap, &view, &question, now.unix);
+        self.record(snap, &decision, &view, &question, client);
         let ede = decision.reason.ede_for(snap);
-        if let Some(i) = decision.logged
-            && let Some(f) = snap.feeds.get(i as usize)
-        {
-            metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
-            tracing::info!(feed = %f.name, client = %request.src().ip(), name = %question.name.to_text(), "log-only feed matched");
-        }
-        if let (Reason::OrganisationAlert { organisation, .. }, Some(a)) =
-            (decision.reason, &self.alerts)
-        {
-            a.sighting(organisation, request.src().ip());
-        }
-        if let Reason::ThreatFeed { feed, rule, .. } = decision.reason
-            && let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector)
-            && f.botnet
-        {
-            detector.report(
-                request.src().ip(),
-                &client,
-                &f.name,
-                f.family_of(&rule),
-                &question.name.to_text(),
-            );
-        }
 
-        let mut reply = match decision.action {
-            Action::Refuse => Reply::error(ResponseCode::Refused),
-            Action::NxDomain => Reply::error(ResponseCode::NXDomain),
-            Action::NoData => Reply::error(ResponseCode::NoError),
-            Action::Drop => Reply {
-                drop: true,
-                ..Reply::error(ResponseCode::NoError)
-            },
-            Action::TcpOnly if request.protocol() == hickory_server::net::xfer::Protocol::Udp => {
-                Reply {
-                    truncated: true,
-                    ..Reply::error(ResponseCode::NoError)
-                }
-            }
+        match decision.action {
+            Action::Resolve | Action::Alert => {}
+            Action::TcpOnly if client.transport != Transport::Udp => {}
             Action::TcpOnly => {
-                drop(current);
-                Reply::from_answer(self.resolver.resolve(&name, qtype).await)
+                // RPZ TCP-only: an empty reply with TC=1; the client asks again over TCP.
+                let mut r = Response::new(out, &q, rcode::NOERROR);
+                r.bytes_mut()[2] |= 0x02;
+                r.finish(&q, client.transport.limit(&q), &opt(ede));
+                return Step::Answered;
             }
-            Action::LocalData { feed, data } => {
-                let local = snap
-                    .feeds
-                    .get(feed as usize)
-                    .and_then(|f| f.zone.local.get(data as usize))
-                    .cloned()
-                    .unwrap_or_default();
-                let ttl = snap.sinkhole.ttl;
-                drop(current);
-                self.local_data(&name, qtype, &local, ttl).await
-            }
+            Action::Refuse => return answer_rcode(&q, client, rcode::REFUSED, ede, out),
+            Action::NxDomain => return answer_rcode(&q, client, rcode::NXDOMAIN, ede, out),
+            Action::NoData => return answer_rcode(&q, client, rcode::NOERROR, ede, out),
+            Action::Drop => return Step::Silent,
             Action::Sinkhole(page) => {
                 let sh = &snap.sinkhole;
                 let (v4, v6) = match page {
                     Page::Cleanup => (&sh.v4, &sh.v6),
                     Page::Info => (&sh.info_v4, &sh.info_v6),
                 };
-                Reply::records(
-                    ResponseCode::NoError,
-                    synthesize(&name, qtype, v4, v6, sh.ttl),
-                )
+                let mut r = Response::new(out, &q, rcode::NOERROR);
+                match qtype {
+                    RecordType::A => v4
+                        .iter()
+                        .for_each(|a| r.answer(Owner::Question, 1, sh.ttl, &a.octets())),
+                    RecordType::AAAA => v6
+                        .iter()
+                        .for_each(|a| r.answer(Owner::Question, 28, sh.ttl, &a.octets())),
+                    _ => {}
+                }
+                r.finish(&q, client.transport.limit(&q), &opt(ede));
+                return Step::Answered;
+            }
+            Action::LocalData { feed, data } => {
+                let local = snap
+                    .feeds
+                    .get(feed as usize)
+                    .and_then(|f| f.zone.local.get(data as usize))
+                    .map_or(&[][..], |v| v.as_slice());
+                let ttl = snap.sinkhole.ttl;
+                if let Some(target) = local_answer(&q, qtype, local, ttl, client, &ede, out) {
+                    return self.pending(&q, client, Work::Alias { target, qtype, ttl }, ede);
+                }
+                return Step::Answered;
             }
             Action::Rewrite(i) => {
                 let target = snap
                     .rewrite_targets
                     .get(i as usize)
                     .and_then(|(_, t)| Name::from_ascii(format!("{t}.")).ok());
-                match target {
+                return match target {
                     Some(target) => {
                         let ttl = snap.sinkhole.ttl;
-                        drop(current);
-                        self.alias(&name, target, qtype, ttl).await
+                        self.pending(&q, client, Work::Alias { target, qtype, ttl }, ede)
                     }
-                    None => Reply::error(ResponseCode::ServFail),
+                    None => answer_rcode(&q, client, rcode::SERVFAIL, ede, out),
+                };
+            }
+        }
+        drop(current);
+
+        // Resolve: the one cache probe.
+        let Some(key) = Key::from_wire(q.qname(), q.qtype, 0) else {
+            return answer_rcode(&q, client, rcode::FORMERR, None, out);
+        };
+        if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
+            self.counters.cache_hits.increment(1);
+            hit.reply(out, &q, now.instant)
+                .finish(&q, client.transport.limit(&q), &opt(ede));
+            return Step::Answered;
+        }
+        let Ok(name) = Name::from_labels(q.labels()) else {
+            return answer_rcode(&q, client, rcode::FORMERR, None, out);
+        };
+        let key = Box::new(key);
+        self.pending(&q, client, Work::Resolve { key, name, qtype }, ede)
+    }
+
+    fn pending(
+        &self,
+        q: &Query<'_>,
+        client: Client,
+        work: Work,
+        ede: Option<(u16, Cow<'static, str>)>,
+    ) -> Step {
+        Step::Pending(Box::new(Pending {
+            wire: q.wire.to_vec(),
+            transport: client.transport,
+            work,
+            ede,
+        }))
+    }
+
+    /// Completes a query that needs the backend. `true` when `out` holds a reply.
+    pub async fn finish(&self, p: Box<Pending>, out: &mut Vec<u8>) -> bool {
+        let p = *p;
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let _done = InFlight(self.inflight.clone());
+        let Ok(q) = Query::parse(&p.wire) else {
+            return false; // parsed once already; cannot fail
+        };
+        let limit = p.transport.limit(&q);
+        let opt = opt(p.ede);
+        match p.work {
+            Work::Resolve { key, name, qtype } => {
+                match self.resolver.fetch(&key, &name, qtype).await {
+                    Some(a) => {
+                        a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
+                    }
+                    None => {
+                        Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);
+                    }
                 }
             }
-            Action::Resolve | Action::Alert => {
-                drop(current);
-                Reply::from_answer(self.resolver.resolve(&name, qtype).await)
-            }
-        };
-        reply.ede = ede;
-        reply
-    }
-}
-
-/// The labels of an uncompressed wire-format name.
-fn wire_labels(name: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        let len = *name.get(i)? as usize;
-        if len == 0 {
-            return None;
-        }
-        let label = name.get(i + 1..i + 1 + len)?;
-        i += 1 + len;
-        Some(label)
-    })
-}
-
-impl DnsHandler {
-    /// The UDP fast path for one packet (see [`fast`]): `true` when `out` holds the answer.
-    /// Only plain queries whose decision is "resolve normally" and whose answer is cached are
-    /// answered here; everything else returns `false` for the full path.
-    pub fn try_fast(
-        &self,
-        p: &[u8],
-        src: std::net::SocketAddr,
-        now: (i64, std::time::Instant),
-        cache: &mut fast::WireCache,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        let Some(parsed) = fast::parse_query(p) else {
-            return false;
-        };
-        let wire_name = &p[12..parsed.qname_end];
-        let Some(qname) = QName::from_labels(wire_labels(wire_name)) else {
-            return false;
-        };
-        let qtype = RecordType::from(parsed.qtype);
-        let current = self.store.current();
-        let client = current.client(fast::client(src));
-        let question = Question { name: qname, qtype };
-        let decision = decide(&current.snapshot, &client, &question, now.0);
-        if decision.action != Action::Resolve || decision.logged.is_some() {
-            return false;
-        }
-        if !cache.answer(p, &parsed, now.1, out) {
-            let Ok(name) = Name::from_labels(wire_labels(wire_name)) else {
-                return false;
-            };
-            let Some(answer) = self
-                .resolver
-                .cache()
-                .get(&crate::resolve::cache::CacheKey::new(&name, qtype))
-            else {
-                return false;
-            };
-            cache.fill(p, &parsed, &name, &answer);
-            if !cache.answer(p, &parsed, now.1, out) {
-                return false;
+            Work::Alias { target, qtype, ttl } => {
+                let resolved = self.resolver.resolve(&target, qtype).await;
+                let mut answers = vec![Record::from_rdata(
+                    Name::root(), // replaced by the question name below
+                    ttl,
+                    RData::CNAME(CNAME(target)),
+                )];
+                answers.extend(resolved.answers);
+                compose(out, &q, resolved.rcode, &answers, &resolved.authorities)
+                    .finish(&q, limit, &opt);
             }
         }
-        self.counters.hit(decision.reason);
         true
     }
 
-    /// `name CNAME target` (synthesized, `ttl`) followed by the resolved target: safe-search
-    /// rewrites and RPZ local-data aliases.
-    async fn alias(&self, name: &Name, target: Name, qtype: RecordType, ttl: u32) -> Reply {
-        let resolved = self.resolver.resolve(&target, qtype).await;
-        let mut answers = vec![Record::from_rdata(
-            name.clone(),
-            ttl,
-            RData::CNAME(CNAME(target)),
-        )];
-        answers.extend(resolved.answers);
-        Reply {
-            authorities: resolved.authorities,
-            ..Reply::records(resolved.rcode, answers)
+    /// Replies to what cannot be parsed, where a reply is due.
+    fn refuse_malformed(&self, wire: &[u8], m: Malformed, out: &mut Vec<u8>) -> Step {
+        bad_request(m.label());
+        let code = match m {
+            Malformed::Ignore => return Step::Silent,
+            Malformed::FormErr => rcode::FORMERR,
+            Malformed::NotImp => rcode::NOTIMP,
+            Malformed::BadVers => rcode::BADVERS,
+        };
+        if code == rcode::BADVERS {
+            // The header and question are readable: answer with our OPT record (version 0) and
+            // the upper bits of BADVERS in it.
+            let mut copy = wire.to_vec();
+            if let Some(opt_version) = opt_version_offset(&copy) {
+                copy[opt_version] = 0;
+                if let Ok(q) = Query::parse(&copy) {
+                    Response::new(out, &q, rcode::BADVERS).finish(&q, 512, &OptOut::default());
+                    return Step::Answered;
+                }
+            }
+        }
+        match Response::header_only(out, wire, code) {
+            Some(_) => Step::Answered,
+            None => Step::Silent,
         }
     }
 
-    /// An answer from RPZ local data: records of the asked type, or a CNAME (followed).
-    async fn local_data(
+    /// RFC 1996: a primary tells us a feed changed. Only configured primaries, for their
+    /// zones; everyone else is refused.
+    fn notify(&self, q: &Query<'_>, client: Client, out: &mut Vec<u8>) -> Step {
+        let zone = Name::from_labels(q.labels())
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let accepted = self
+            .notifier
+            .as_ref()
+            .is_some_and(|n| n.notify(&zone, client.addr.ip()));
+        let mut r = Response::new(
+            out,
+            q,
+            if accepted {
+                rcode::NOERROR
+            } else {
+                rcode::REFUSED
+            },
+        );
+        r.set_authoritative(accepted);
+        r.finish(q, client.transport.limit(q), &OptOut::default());
+        Step::Answered
+    }
+
+    /// Everything a decision leaves behind besides the answer: counters, the log line of a
+    /// log-only feed, the sighting of an alerted host, the detection of a botnet lookup.
+    fn record(
         &self,
-        name: &Name,
-        qtype: RecordType,
-        local: &[LocalRecord],
-        ttl: u32,
-    ) -> Reply {
-        let mut answers = Vec::new();
-        for r in local {
-            let rdata = match (r, qtype) {
-                (LocalRecord::A(a), RecordType::A) => RData::A(A(*a)),
-                (LocalRecord::Aaaa(a), RecordType::AAAA) => RData::AAAA(AAAA(*a)),
-                (LocalRecord::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.to_string()])),
-                _ => continue,
-            };
-            answers.push(Record::from_rdata(name.clone(), ttl, rdata));
+        snap: &crate::policy::Snapshot,
+        d: &Decision,
+        view: &ClientView,
+        q: &Question,
+        client: Client,
+    ) {
+        self.counters.decision(d);
+        let ip: IpAddr = client.addr.ip();
+        if let Some(i) = d.logged
+            && let Some(f) = snap.feeds.get(i as usize)
+        {
+            metrics::counter!(crate::metrics::FEED_LOG_ONLY).increment(1);
+            tracing::info!(feed = %f.name, client = %ip, name = %q.name.to_text(), "log-only feed matched");
         }
-        if !answers.is_empty() {
-            return Reply::records(ResponseCode::NoError, answers);
+        if let (Reason::OrganisationAlert { organisation, .. }, Some(a)) = (d.reason, &self.alerts)
+        {
+            a.sighting(organisation, ip);
         }
-        let cname = local.iter().find_map(|r| match r {
+        if let Reason::ThreatFeed { feed, rule, .. } = d.reason
+            && let (Some(f), Some(detector)) = (snap.feeds.get(feed as usize), &self.detector)
+            && f.botnet
+        {
+            detector.report(ip, view, &f.name, f.family_of(&rule), &q.name.to_text());
+        }
+    }
+}
+
+/// The OPT contents for an EDE.
+fn opt(ede: Option<(u16, Cow<'static, str>)>) -> OptOut<'static> {
+    OptOut { ede, cookie: None }
+}
+
+/// A reply with no records and `code`.
+fn answer_rcode(
+    q: &Query<'_>,
+    client: Client,
+    code: u16,
+    ede: Option<(u16, Cow<'static, str>)>,
+    out: &mut Vec<u8>,
+) -> Step {
+    Response::new(out, q, code).finish(q, client.transport.limit(q), &opt(ede));
+    Step::Answered
+}
+
+/// RPZ local data: records of the asked type written into `out`, or, when the data is a CNAME,
+/// the target to alias to (nothing written).
+fn local_answer(
+    q: &Query<'_>,
+    qtype: RecordType,
+    local: &[LocalRecord],
+    ttl: u32,
+    client: Client,
+    ede: &Option<(u16, Cow<'static, str>)>,
+    out: &mut Vec<u8>,
+) -> Option<Name> {
+    let mut r = Response::new(out, q, rcode::NOERROR);
+    let mut any = false;
+    for rec in local {
+        match (rec, qtype) {
+            (LocalRecord::A(a), RecordType::A) => {
+                r.answer(Owner::Question, 1, ttl, &a.octets());
+            }
+            (LocalRecord::Aaaa(a), RecordType::AAAA) => {
+                r.answer(Owner::Question, 28, ttl, &a.octets());
+            }
+            (LocalRecord::Txt(t), RecordType::TXT) => {
+                r.answer(Owner::Question, 16, ttl, &txt_rdata(t));
+            }
+            _ => continue,
+        }
+        any = true;
+    }
+    if !any {
+        let cname = local.iter().find_map(|rec| match rec {
             LocalRecord::Cname(t) => Name::from_ascii(format!("{t}.")).ok(),
             _ => None,
         });
-        match cname {
-            Some(target) => self.alias(name, target, qtype, ttl).await,
-            None => Reply::error(ResponseCode::NoError),
+        if cname.is_some() {
+            return cname;
         }
+    }
+    r.finish(q, client.transport.limit(q), &opt(ede.clone()));
+    None
+}
+
+/// TXT RDATA: the text as character strings of at most 255 bytes.
+fn txt_rdata(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    let b = text.as_bytes();
+    if b.is_empty() {
+        out.push(0);
+    }
+    for chunk in b.chunks(255) {
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// A composed reply (a CNAME followed by its target's records): encoded by hickory, then the
+/// query's ID, flags and name case put in. The first record's owner becomes the question name.
+fn compose<'o>(
+    out: &'o mut Vec<u8>,
+    q: &Query<'_>,
+    rcode: ResponseCode,
+    answers: &[Record],
+    authorities: &[Record],
+) -> Response<'o> {
+    let qname = Name::from_labels(q.labels()).unwrap_or_else(|_| Name::root());
+    let mut m = Message::response(0, OpCode::Query);
+    m.metadata.message_type = MessageType::Response;
+    m.metadata.recursion_available = true;
+    m.metadata.response_code = rcode;
+    let mut lower = qname.to_lowercase();
+    lower.set_fqdn(true);
+    m.add_query(HQuery::query(lower.clone(), RecordType::from(q.qtype)));
+    m.add_answers(answers.iter().enumerate().map(|(i, r)| {
+        let mut r = r.clone();
+        if i == 0 {
+            r.name = lower.clone();
+        }
+        r
+    }));
+    m.add_authorities(authorities.iter().cloned());
+    match m.to_vec() {
+        Ok(bytes) => Response::from_message(out, q, &bytes),
+        Err(_) => Response::new(out, q, rcode::SERVFAIL),
     }
 }
 
-fn action_label(a: Action) -> &'static str {
-    match a {
-        Action::NoData => "nodata",
-        Action::Drop => "drop",
-        Action::TcpOnly => "tcp_only",
-        Action::LocalData { .. } => "local_data",
-        Action::Refuse => "refuse",
-        Action::Resolve => "resolve",
-        Action::Alert => "alert",
-        Action::Sinkhole(Page::Cleanup) => "sinkhole",
-        Action::Sinkhole(Page::Info) => "info_page",
-        Action::NxDomain => "nxdomain",
-        Action::Rewrite(_) => "rewrite",
-    }
-}
-
-/// A/AAAA answers pointing at a page; other types get an empty (NODATA) answer.
-fn synthesize(
-    name: &Name,
-    qtype: RecordType,
-    v4: &[Ipv4Addr],
-    v6: &[Ipv6Addr],
-    ttl: u32,
-) -> Vec<Record> {
-    match qtype {
-        RecordType::A => v4
-            .iter()
-            .map(|a| Record::from_rdata(name.clone(), ttl, RData::A(A(*a))))
-            .collect(),
-        RecordType::AAAA => v6
-            .iter()
-            .map(|a| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*a))))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The client address as the policy sees it.
-pub fn client_ip(request: &Request) -> IpAddr {
-    crate::policy::prefix::canonical_ip(request.src().ip())
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        let _done = InFlight(self.inflight.clone());
-
-        // EDNS: answer with our own OPT only if the client sent one, never offering more than
-        // the client can take (else answers are truncated unexpectedly).
-        let mut edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            e.set_version(0);
-            e
-        });
-        let bad_version = request.edns.as_ref().is_some_and(|e| e.version() > 0);
-        let reply = if bad_version {
-            metrics::counter!(crate::metrics::BAD_REQUESTS, "kind" => "edns_version").increment(1);
-            if let Some(e) = edns.as_mut() {
-                e.set_rcode_high(ResponseCode::BADVERS.high());
+/// Offset of the version byte of the OPT record in a query, if it has one.
+fn opt_version_offset(wire: &[u8]) -> Option<usize> {
+    let q_end = {
+        let mut at = wire::HEADER;
+        loop {
+            let len = usize::from(*wire.get(at)?);
+            if len == 0 {
+                break at + 5;
             }
-            Reply::error(ResponseCode::BADVERS)
-        } else {
-            self.answer(request).await
-        };
-
-        if reply.drop {
-            // RPZ DROP: no answer at all; the client times out.
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::NoError;
-            return hickory_proto::op::Header {
-                metadata,
-                counts: hickory_proto::op::HeaderCounts::default(),
+            if len > 63 {
+                return None;
             }
-            .into();
+            at += 1 + len;
         }
-        if let (Some(e), Some((code, text))) = (edns.as_mut(), reply.ede.as_ref()) {
-            let mut data = code.to_be_bytes().to_vec();
-            data.extend_from_slice(text.as_bytes());
-            e.options_mut()
-                .insert(EdnsOption::Unknown(EDE_OPTION, data));
-        }
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = true;
-        metadata.response_code = reply.rcode;
-        metadata.truncation = reply.truncated;
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = edns.as_ref() {
-            builder.edns(e);
-        }
-        let response = builder.build(
-            metadata,
-            reply.answers.iter(),
-            reply.authorities.iter(),
-            std::iter::empty(),
-            std::iter::empty(),
-        );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, "failed to send response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                hickory_proto::op::Header {
-                    metadata,
-                    counts: hickory_proto::op::HeaderCounts::default(),
-                }
-                .into()
-            }
-        }
+    };
+    // Only the simple shape: the OPT record right after the question.
+    if wire.get(q_end) == Some(&0) && wire.get(q_end + 1..q_end + 3) == Some(&[0, 41]) {
+        Some(q_end + 6)
+    } else {
+        None
     }
 }

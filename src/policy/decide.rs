@@ -80,6 +80,67 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Kinds of action, for tables indexed by [`Action::index`].
+    pub const KINDS: usize = 11;
+
+    /// A short, bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Refuse => "refuse",
+            Action::Resolve => "resolve",
+            Action::Alert => "alert",
+            Action::Sinkhole(Page::Cleanup) => "sinkhole",
+            Action::Sinkhole(Page::Info) => "info_page",
+            Action::NxDomain => "nxdomain",
+            Action::Rewrite(_) => "rewrite",
+            Action::NoData => "nodata",
+            Action::Drop => "drop",
+            Action::TcpOnly => "tcp_only",
+            Action::LocalData { .. } => "local_data",
+        }
+    }
+
+    /// A dense index per kind (0..[`Action::KINDS`]).
+    pub fn index(&self) -> usize {
+        match self {
+            Action::Refuse => 0,
+            Action::Resolve => 1,
+            Action::Alert => 2,
+            Action::Sinkhole(Page::Cleanup) => 3,
+            Action::Sinkhole(Page::Info) => 4,
+            Action::NxDomain => 5,
+            Action::Rewrite(_) => 6,
+            Action::NoData => 7,
+            Action::Drop => 8,
+            Action::TcpOnly => 9,
+            Action::LocalData { .. } => 10,
+        }
+    }
+
+    /// What cleanpipe answers, in words (for `explain`).
+    pub fn describe(&self, snap: &Snapshot) -> String {
+        match self {
+            Action::Refuse => "refuse (REFUSED)".to_owned(),
+            Action::Resolve => "resolve normally".to_owned(),
+            Action::Alert => "resolve normally and alert the organisation".to_owned(),
+            Action::Sinkhole(Page::Cleanup) => "sinkhole to the cleanup page".to_owned(),
+            Action::Sinkhole(Page::Info) => "sinkhole to the information page".to_owned(),
+            Action::NxDomain => "NXDOMAIN".to_owned(),
+            Action::Rewrite(i) => format!(
+                "CNAME to {} (safe search)",
+                snap.rewrite_targets
+                    .get(*i as usize)
+                    .map_or("?", |t| t.1.as_str())
+            ),
+            Action::NoData => "NODATA (no records)".to_owned(),
+            Action::Drop => "drop (no answer)".to_owned(),
+            Action::TcpOnly => "TCP only (truncated over UDP)".to_owned(),
+            Action::LocalData { .. } => "answer with the feed's local data".to_owned(),
+        }
+    }
+}
+
 /// Why: the rule that applied, with indexes into the snapshot for `explain` and records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -156,6 +217,29 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Kinds of reason, for tables indexed by [`Reason::index`].
+    pub const KINDS: usize = 14;
+
+    /// A dense index per label (0..[`Reason::KINDS`]).
+    pub fn index(&self) -> usize {
+        match self {
+            Reason::NotServed => 0,
+            Reason::ThreatFeed { .. } => 1,
+            Reason::Quarantined { .. } => 2,
+            Reason::SelfReleased { .. } => 3,
+            Reason::Remediation { .. } => 4,
+            Reason::OrganisationAlert { .. } => 5,
+            Reason::Canary { .. } => 6,
+            Reason::SafeSearch { .. } => 7,
+            Reason::TrustedAllowed { global: false, .. } => 8,
+            Reason::TrustedAllowed { global: true, .. } => 9,
+            Reason::TrustedBlocked { global: false, .. } => 10,
+            Reason::TrustedBlocked { global: true, .. } => 11,
+            Reason::Exempt => 12,
+            Reason::Normal => 13,
+        }
+    }
+
     /// A short, bounded label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Action, Page, Question, Reason, Snapshot, decide};
+use super::{Question, Reason, Snapshot, decide};
 
 /// A decision with the facts that led to it.
 #[derive(Debug, Clone, Serialize)]
@@ -30,24 +30,7 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
     let client = snap.classify(ip);
     let d = decide(snap, &client, q, now);
     let mut details = Vec::new();
-    let action = match d.action {
-        Action::Refuse => "refuse (REFUSED)".to_owned(),
-        Action::Resolve => "resolve normally".to_owned(),
-        Action::Alert => "resolve normally and alert the organisation".to_owned(),
-        Action::Sinkhole(Page::Cleanup) => "sinkhole to the cleanup page".to_owned(),
-        Action::Sinkhole(Page::Info) => "sinkhole to the information page".to_owned(),
-        Action::NxDomain => "NXDOMAIN".to_owned(),
-        Action::Rewrite(i) => format!(
-            "CNAME to {} (safe search)",
-            snap.rewrite_targets
-                .get(i as usize)
-                .map_or("?", |t| t.1.as_str())
-        ),
-        Action::NoData => "NODATA (no records)".to_owned(),
-        Action::Drop => "drop (no answer)".to_owned(),
-        Action::TcpOnly => "TCP only (truncated over UDP)".to_owned(),
-        Action::LocalData { .. } => "answer with the feed's local data".to_owned(),
-    };
+    let action = d.action.describe(snap);
     if !client.served {
         details.push(format!("client {ip} is not in clients.allow"));
     }

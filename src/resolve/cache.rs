@@ -1,114 +1,269 @@
-//! The answer cache: bounded by entry count, honouring TTLs, with negative caching.
+//! The answer cache: one cache for every transport and serving thread, bounded by
+//! `cache.max_entries`, holding ready wire-format answers.
+//!
+//! An entry is a whole reply without its OPT record: header, question (lowercase) and records,
+//! as built once from the backend's answer ([`CachedAnswer::build`]). Serving it copies the
+//! bytes, puts in the query's ID, flags and question name (same length, the client's letter
+//! case), ages every TTL in place, and lets the request path add the OPT record
+//! ([`CachedAnswer::reply`]): no decoding, no allocation beyond the output buffer.
 //!
 //! Entries expire when their shortest TTL runs out (clamped to `cache.min_ttl`..`cache.max_ttl`;
 //! negative answers to the SOA's negative TTL, at most `cache.negative_max_ttl`; SERVFAIL for
-//! `cache.servfail_ttl`). A hit returns the records with their TTLs reduced by the time spent
-//! in the cache, so downstream caches never hold a record longer than its owner allowed.
+//! `cache.servfail_ttl`). TTLs of 2^31 seconds and above count as 0 (RFC 2181 §8).
 //!
-//! Entries are compact: the key is the lowercased name in wire format and the type; the records
-//! are kept in wire format (names compressed) and decoded on a hit (hot names are answered from
-//! each serving thread's wire cache anyway). Measured for 100,000 one-record answers: 535 bytes
-//! per entry resident, most of it moka's own bookkeeping, against 838 with hickory `Record`s.
+//! The table is split into shards, each a small hash table behind its own mutex, so the serving
+//! threads rarely meet. A full shard evicts the least recently used of a few entries sampled at
+//! random (as Redis does): close to LRU at a fraction of its bookkeeping.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
-use moka::Expiry;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 use super::Answer;
 use crate::config::CacheConfig;
+use crate::wire;
 
-/// Cache key: the lowercased name in wire format (labels, root included) and the type.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    name: Box<[u8]>,
-    qtype: u16,
+/// The longest key: a 255-byte wire name, the type and a flags byte.
+const KEY_MAX: usize = 255 + 3;
+
+/// A cache key: the lowercased question name in wire form, the type and flags, on the stack.
+#[derive(Clone, Copy)]
+pub struct Key {
+    bytes: [u8; KEY_MAX],
+    len: u16,
+    hash: u64,
 }
 
-impl CacheKey {
-    /// Key for a question.
-    pub fn new(name: &Name, qtype: RecordType) -> Self {
-        let mut wire = Vec::with_capacity(name.len() + 2);
-        for label in name.iter() {
-            wire.push(label.len() as u8);
-            wire.extend(label.iter().map(u8::to_ascii_lowercase));
-        }
-        wire.push(0);
-        Self {
-            name: wire.into_boxed_slice(),
-            qtype: u16::from(qtype),
-        }
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
+impl Key {
+    /// The key of a question whose name is in wire form (labels and the root byte). `None`
+    /// for a name longer than DNS allows.
+    pub fn from_wire(qname: &[u8], qtype: u16, flags: u8) -> Option<Self> {
+        if qname.len() > 255 {
+            return None;
+        }
+        let mut k = Key {
+            bytes: [0; KEY_MAX],
+            len: (qname.len() + 3) as u16,
+            hash: 0,
+        };
+        for (d, s) in k.bytes.iter_mut().zip(qname) {
+            *d = s.to_ascii_lowercase();
+        }
+        k.bytes[qname.len()..qname.len() + 2].copy_from_slice(&qtype.to_be_bytes());
+        k.bytes[qname.len() + 2] = flags;
+        k.hash = {
+            use std::hash::Hasher;
+            let mut h = rustc_hash::FxHasher::default();
+            h.write(k.as_bytes());
+            h.finish()
+        };
+        Some(k)
+    }
+
+    /// The key of a question given as a name.
+    pub fn from_name(name: &Name, qtype: RecordType, flags: u8) -> Option<Self> {
+        let mut wire = Vec::with_capacity(name.len() + 2);
+        for label in name.iter() {
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label);
+        }
+        wire.push(0);
+        Self::from_wire(&wire, u16::from(qtype), flags)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A ready reply (no OPT record) and what is needed to serve it later.
 #[derive(Debug)]
-struct Entry {
-    rcode: ResponseCode,
-    /// Records in the answer section; the rest of `wire` is the authority section.
-    answers: u16,
-    /// The records, in wire format.
-    wire: Box<[u8]>,
+pub struct CachedAnswer {
+    /// Header, question (lowercase name) and records.
+    bytes: Box<[u8]>,
+    /// Offset and stored value of every record's TTL field.
+    ttls: Box<[(u32, u32)]>,
+    /// When it was built.
     stored: Instant,
+    /// Seconds it stays fresh.
     ttl: u32,
 }
 
-impl Entry {
-    fn encode(answer: &Answer, stored: Instant, ttl: u32) -> Option<Self> {
-        let mut wire = Vec::with_capacity(128);
-        let mut enc = BinEncoder::new(&mut wire);
-        for r in answer.answers.iter().chain(&answer.authorities) {
-            r.emit(&mut enc).ok()?;
-        }
+/// TTLs of 2^31 seconds and above are read as 0 (RFC 2181 §8).
+fn sane_ttl(ttl: u32) -> u32 {
+    if ttl >= 1 << 31 { 0 } else { ttl }
+}
+
+impl CachedAnswer {
+    /// Builds the reply for `name`/`qtype` from a backend's answer, fresh for `ttl` seconds.
+    /// `None` if it cannot be encoded.
+    pub fn build(name: &Name, qtype: RecordType, answer: &Answer, ttl: u32) -> Option<Self> {
+        let mut m = Message::response(0, OpCode::Query);
+        m.metadata.message_type = MessageType::Response;
+        m.metadata.recursion_available = true;
+        m.metadata.response_code = answer.rcode;
+        let mut lower = name.to_lowercase();
+        lower.set_fqdn(true);
+        m.add_query(Query::query(lower, qtype));
+        let fix = |r: &hickory_proto::rr::Record| {
+            let mut r = r.clone();
+            r.ttl = sane_ttl(r.ttl);
+            r
+        };
+        m.add_answers(answer.answers.iter().map(fix));
+        m.add_authorities(answer.authorities.iter().map(fix));
+        let bytes = m.to_vec().ok()?;
+        let ttls = wire::ttl_offsets(&bytes)?;
         Some(Self {
-            rcode: answer.rcode,
-            answers: u16::try_from(answer.answers.len()).ok()?,
-            wire: wire.into_boxed_slice(),
-            stored,
+            bytes: bytes.into_boxed_slice(),
+            ttls: ttls.into_boxed_slice(),
+            stored: Instant::now(),
             ttl,
         })
     }
 
-    /// The answer with every TTL reduced by `age` (at least 1).
-    fn decode(&self, age: u32) -> Option<Answer> {
-        let mut dec = BinDecoder::new(&self.wire);
-        let mut answers = Vec::with_capacity(usize::from(self.answers));
-        let mut authorities = Vec::new();
-        while !dec.is_empty() {
-            let mut r = Record::read(&mut dec).ok()?;
-            r.ttl = r.ttl.saturating_sub(age).max(1);
-            if answers.len() < usize::from(self.answers) {
-                answers.push(r);
-            } else {
-                authorities.push(r);
+    /// A SERVFAIL reply for `name`/`qtype`.
+    pub fn servfail(name: &Name, qtype: RecordType, ttl: u32) -> Option<Self> {
+        Self::build(name, qtype, &Answer::servfail(), ttl)
+    }
+
+    /// Seconds since it was built.
+    pub fn age(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.stored)
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32
+    }
+
+    /// True while its TTL runs.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.age(now) < self.ttl
+    }
+
+    /// Seconds it stays fresh from when it was built.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// The RCODE of the reply.
+    pub fn rcode(&self) -> u16 {
+        u16::from(self.bytes.get(3).map_or(2, |b| b & 0x0f))
+    }
+
+    /// Starts the reply to `q` from this answer: the query's ID, flags and name case, every
+    /// TTL reduced by the entry's age (at least 1).
+    pub fn reply<'o>(
+        &self,
+        out: &'o mut Vec<u8>,
+        q: &wire::Query<'_>,
+        now: Instant,
+    ) -> wire::Response<'o> {
+        let age = self.age(now);
+        let mut r = wire::Response::from_message(out, q, &self.bytes);
+        let b = r.bytes_mut();
+        for (at, ttl) in self.ttls.iter() {
+            let at = *at as usize;
+            if let Some(field) = b.get_mut(at..at + 4) {
+                field.copy_from_slice(&ttl.saturating_sub(age).max(1).to_be_bytes());
             }
         }
+        r
+    }
+
+    /// The records again, TTLs aged (for answers cleanpipe composes, e.g. a safe-search CNAME
+    /// followed by its target's records).
+    pub fn answer(&self, now: Instant) -> Option<Answer> {
+        let age = self.age(now);
+        let m = Message::from_vec(&self.bytes).ok()?;
+        let aged = |mut r: hickory_proto::rr::Record| {
+            r.ttl = r.ttl.saturating_sub(age).max(1);
+            r
+        };
         Some(Answer {
-            rcode: self.rcode,
-            answers,
-            authorities,
+            rcode: m.metadata.response_code,
+            answers: m.answers.into_iter().map(aged).collect(),
+            authorities: m.authorities.into_iter().map(aged).collect(),
         })
+    }
+
+    /// Memory it holds, for the size estimate.
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.bytes.len() + self.ttls.len() * 8
     }
 }
 
-struct ByTtl;
+struct Slot {
+    hash: u64,
+    key: Box<[u8]>,
+    answer: Arc<CachedAnswer>,
+    /// Seconds since the cache was created at the last use (for eviction).
+    used: u32,
+}
 
-impl Expiry<CacheKey, Arc<Entry>> for ByTtl {
-    fn expire_after_create(
-        &self,
-        _k: &CacheKey,
-        v: &Arc<Entry>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(u64::from(v.ttl)))
+#[derive(Default)]
+struct Shard {
+    index: hashbrown::HashTable<u32>,
+    slots: Vec<Slot>,
+    rng: u64,
+}
+
+impl Shard {
+    fn find(&self, key: &Key) -> Option<usize> {
+        let k = key.as_bytes();
+        self.index
+            .find(key.hash, |&i| *self.slots[i as usize].key == *k)
+            .map(|&i| i as usize)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: cheap, good enough to sample eviction candidates.
+        let mut x = self.rng.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn remove(&mut self, i: usize) {
+        let hash = self.slots[i].hash;
+        if let Ok(e) = self.index.find_entry(hash, |&j| j as usize == i) {
+            e.remove();
+        }
+        let last = self.slots.len() - 1;
+        self.slots.swap_remove(i);
+        if i != last {
+            // The last slot moved to `i`: point its index entry there.
+            let moved = self.slots[i].hash;
+            if let Some(j) = self.index.find_mut(moved, |&j| j as usize == last) {
+                *j = i as u32;
+            }
+        }
+    }
+
+    /// The least recently used of a few slots sampled at random.
+    fn victim(&mut self) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let picks: [usize; 5] = std::array::from_fn(|_| (self.next_random() % n as u64) as usize);
+        picks.into_iter().min_by_key(|&i| self.slots[i].used)
     }
 }
 
 /// The shared answer cache.
 pub struct AnswerCache {
-    inner: Option<moka::sync::Cache<CacheKey, Arc<Entry>>>,
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    epoch: Instant,
     min_ttl: u32,
     max_ttl: u32,
     negative_max_ttl: u32,
@@ -118,14 +273,22 @@ pub struct AnswerCache {
 impl AnswerCache {
     /// A cache sized and clamped by configuration; `max_entries: 0` disables caching.
     pub fn new(c: &CacheConfig) -> Self {
-        let inner = (c.max_entries > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(c.max_entries)
-                .expire_after(ByTtl)
-                .build()
-        });
+        let max = usize::try_from(c.max_entries).unwrap_or(usize::MAX);
+        // Enough shards that two serving threads rarely meet, few enough that small caches
+        // still hold their configured size.
+        let shards = (max / 64).clamp(1, 64).next_power_of_two().min(64);
+        let per_shard = max / shards;
         Self {
-            inner,
+            shards: (0..shards)
+                .map(|i| {
+                    Mutex::new(Shard {
+                        rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
+            per_shard,
+            epoch: Instant::now(),
             min_ttl: c.min_ttl,
             max_ttl: c.max_ttl,
             negative_max_ttl: c.negative_max_ttl,
@@ -133,31 +296,66 @@ impl AnswerCache {
         }
     }
 
-    /// A cached answer with TTLs reduced by its age.
-    pub fn get(&self, key: &CacheKey) -> Option<Answer> {
-        let e = self.inner.as_ref()?.get(key)?;
-        let age = e.stored.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
-        if age >= e.ttl {
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        // The top bits pick the shard; the table uses the low bits.
+        let i = (key.hash >> 58) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    fn tick(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_secs() as u32
+    }
+
+    /// The fresh answer for `key`, if any (an expired one is dropped).
+    pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<CachedAnswer>> {
+        if self.per_shard == 0 {
             return None;
         }
-        e.decode(age)
+        let mut s = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let i = s.find(key)?;
+        if !s.slots[i].answer.is_fresh(now) {
+            s.remove(i);
+            return None;
+        }
+        s.slots[i].used = self.tick(now);
+        Some(s.slots[i].answer.clone())
     }
 
-    /// Caches an answer for as long as its records allow.
-    pub fn insert(&self, key: CacheKey, answer: &Answer) {
-        let Some(cache) = &self.inner else { return };
-        let ttl = self.ttl_for(answer);
-        if ttl == 0 {
+    /// Stores an answer (replacing any for the same key); a full shard evicts first.
+    pub fn insert(&self, key: &Key, answer: Arc<CachedAnswer>) {
+        if self.per_shard == 0 || answer.ttl == 0 {
             return;
         }
-        if let Some(e) = Entry::encode(answer, Instant::now(), ttl) {
-            cache.insert(key, Arc::new(e));
+        let used = self.tick(Instant::now());
+        let mut s = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = s.find(key) {
+            s.slots[i].answer = answer;
+            s.slots[i].used = used;
+            return;
         }
+        while s.slots.len() >= self.per_shard {
+            match s.victim() {
+                Some(v) => s.remove(v),
+                None => break,
+            }
+        }
+        let i = s.slots.len() as u32;
+        s.slots.push(Slot {
+            hash: key.hash,
+            key: key.as_bytes().into(),
+            answer,
+            used,
+        });
+        let Shard { index, slots, .. } = &mut *s;
+        index.insert_unique(key.hash, i, |&j| slots[j as usize].hash);
     }
 
-    /// Entries currently cached (approximate).
-    pub fn len(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |c| c.entry_count())
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).slots.len())
+            .sum()
     }
 
     /// True when nothing is cached.
@@ -165,19 +363,37 @@ impl AnswerCache {
         self.len() == 0
     }
 
-    fn ttl_for(&self, a: &Answer) -> u32 {
+    /// Bytes held by entries (answers, keys, table), an estimate for status and metrics.
+    pub fn footprint(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|p| p.into_inner());
+                s.slots
+                    .iter()
+                    .map(|slot| {
+                        std::mem::size_of::<Slot>() + slot.key.len() + slot.answer.footprint()
+                    })
+                    .sum::<usize>()
+                    + s.index.capacity() * 5
+            })
+            .sum()
+    }
+
+    /// How long an answer may be cached: its shortest TTL, clamped by configuration.
+    pub fn ttl_for(&self, a: &Answer) -> u32 {
         match a.rcode {
             ResponseCode::NoError if !a.answers.is_empty() => a
                 .answers
                 .iter()
-                .map(|r| r.ttl)
+                .map(|r| sane_ttl(r.ttl))
                 .min()
                 .unwrap_or(0)
                 .clamp(self.min_ttl, self.max_ttl),
             ResponseCode::NoError | ResponseCode::NXDomain => {
                 // RFC 2308: the negative TTL is min(SOA TTL, SOA MINIMUM).
                 let soa_ttl = a.authorities.iter().find_map(|r| match &r.data {
-                    RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                    RData::SOA(soa) => Some(sane_ttl(r.ttl).min(soa.minimum)),
                     _ => None,
                 });
                 soa_ttl
@@ -188,11 +404,17 @@ impl AnswerCache {
             _ => self.servfail_ttl,
         }
     }
+
+    /// Seconds a SERVFAIL is remembered.
+    pub fn servfail_ttl(&self) -> u32 {
+        self.servfail_ttl
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, CNAME, SOA};
     use std::str::FromStr;
 
@@ -202,6 +424,16 @@ mod tests {
 
     fn cache() -> AnswerCache {
         AnswerCache::new(&CacheConfig::default())
+    }
+
+    fn key(s: &str, t: RecordType) -> Key {
+        Key::from_name(&name(s), t, 0).expect("key")
+    }
+
+    fn put(c: &AnswerCache, s: &str, t: RecordType, a: &Answer) {
+        let ttl = c.ttl_for(a);
+        let e = CachedAnswer::build(&name(s), t, a, ttl).expect("builds");
+        c.insert(&key(s, t), Arc::new(e));
     }
 
     #[test]
@@ -220,25 +452,25 @@ mod tests {
             ],
             authorities: Vec::new(),
         };
-        c.insert(
-            CacheKey::new(&name("www.example.org."), RecordType::A),
-            &chain,
-        );
+        put(&c, "www.example.org.", RecordType::A, &chain);
+        let now = Instant::now();
         let hit = c
-            .get(&CacheKey::new(&name("WWW.Example.ORG."), RecordType::A))
+            .get(&key("WWW.Example.ORG.", RecordType::A), now)
             .expect("a hit whatever the case");
-        assert_eq!(hit.rcode, ResponseCode::NoError);
-        assert_eq!(hit.answers, chain.answers);
-        assert!(hit.authorities.is_empty());
+        let back = hit.answer(now).expect("decodes");
+        assert_eq!(back.rcode, ResponseCode::NoError);
+        assert_eq!(back.answers, chain.answers);
+        assert!(back.authorities.is_empty());
         assert!(
-            c.get(&CacheKey::new(&name("www.example.org."), RecordType::AAAA))
+            c.get(&key("www.example.org.", RecordType::AAAA), now)
                 .is_none(),
             "the type is part of the key"
         );
+        assert_eq!(hit.ttl(), 60, "the shortest TTL");
     }
 
     #[test]
-    fn negative_answers_keep_their_soa_in_the_authority_section() {
+    fn negative_answers_keep_their_soa_and_ttls_past_2_to_the_31_count_as_zero() {
         let c = cache();
         let soa = SOA::new(
             name("ns.example.org."),
@@ -258,15 +490,55 @@ mod tests {
                 RData::SOA(soa),
             )],
         };
-        c.insert(
-            CacheKey::new(&name("nope.example.org."), RecordType::A),
-            &nx,
-        );
+        put(&c, "nope.example.org.", RecordType::A, &nx);
         let hit = c
-            .get(&CacheKey::new(&name("nope.example.org."), RecordType::A))
+            .get(&key("nope.example.org.", RecordType::A), Instant::now())
             .expect("negative answers are cached");
-        assert_eq!(hit.rcode, ResponseCode::NXDomain);
-        assert!(hit.answers.is_empty());
-        assert_eq!(hit.authorities, nx.authorities);
+        assert_eq!(hit.ttl(), 300, "min(SOA TTL, SOA MINIMUM)");
+        let back = hit.answer(Instant::now()).expect("decodes");
+        assert_eq!(back.rcode, ResponseCode::NXDomain);
+        assert_eq!(back.authorities, nx.authorities);
+        let huge = Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![Record::from_rdata(
+                name("huge.example.org."),
+                1 << 31,
+                RData::A(A::new(192, 0, 2, 9)),
+            )],
+            authorities: Vec::new(),
+        };
+        assert_eq!(c.ttl_for(&huge), 0, "RFC 2181: 2^31 and above mean 0");
+    }
+
+    #[test]
+    fn a_small_cache_holds_its_size_and_evicts() {
+        let c = AnswerCache::new(&CacheConfig {
+            max_entries: 1000,
+            ..CacheConfig::default()
+        });
+        let a = |i: u32| Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![Record::from_rdata(
+                name(&format!("n{i}.example.")),
+                300,
+                RData::A(A::from(std::net::Ipv4Addr::from(i))),
+            )],
+            authorities: Vec::new(),
+        };
+        for i in 0..10_000 {
+            put(&c, &format!("n{i}.example."), RecordType::A, &a(i));
+        }
+        assert!(c.len() <= 1000, "{} entries", c.len());
+        assert!(c.len() >= 900, "{} entries", c.len());
+        // Whatever is still there answers correctly.
+        let now = Instant::now();
+        let found = (0..10_000)
+            .filter(|i| {
+                c.get(&key(&format!("n{i}.example."), RecordType::A), now)
+                    .and_then(|h| h.answer(now))
+                    .is_some_and(|b| b.answers == a(*i).answers)
+            })
+            .count();
+        assert_eq!(found, c.len());
     }
 }

@@ -260,7 +260,7 @@ fn query_bytes(id: u16, name: &Name, qtype: RecordType) -> Result<Vec<u8>, Strin
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(name.clone(), qtype));
     let mut edns = Edns::new();
-    edns.set_max_payload(crate::dns::MAX_UDP_PAYLOAD);
+    edns.set_max_payload(crate::wire::MAX_UDP_PAYLOAD);
     m.set_edns(edns);
     m.to_vec().map_err(|e| e.to_string())
 }

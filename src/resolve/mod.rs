@@ -7,20 +7,23 @@
 //! Backends run on the control runtime (a small multi-thread runtime); the serving threads only
 //! touch the cache on a hit, so a slow upstream never stalls the answer path of cached names.
 //! Every failure becomes SERVFAIL for the client, never a panic.
+//!
+//! The request path probes the cache itself (once per query) and calls [`Resolver::fetch`] on a
+//! miss: the backend's answer is built into a ready reply once, cached, and served from there.
 
 pub mod cache;
 pub mod forward;
 pub mod recursive;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, Record, RecordType};
 
 use crate::config::{Config, ResolverMode};
-use cache::{AnswerCache, CacheKey};
+use cache::{AnswerCache, CachedAnswer, Key};
 
 /// A resolved answer, ready to be put in a response.
 #[derive(Debug, Clone)]
@@ -136,26 +139,30 @@ impl Resolver {
         &self.cache
     }
 
-    /// Answers from the cache, or resolves (bounded by the resolution timeout) and caches.
-    pub async fn resolve(&self, name: &Name, qtype: RecordType) -> Answer {
-        let key = CacheKey::new(name, qtype);
-        if let Some(hit) = self.cache.get(&key) {
-            metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
-            return hit;
-        }
+    /// Resolves a question the cache did not hold (bounded by the resolution timeout), builds
+    /// the reply once, caches it and returns it. Failures become a SERVFAIL reply, remembered
+    /// for `cache.servfail_ttl`. `None` only when not even that could be encoded (the caller
+    /// answers SERVFAIL itself).
+    pub async fn fetch(
+        &self,
+        key: &Key,
+        name: &Name,
+        qtype: RecordType,
+    ) -> Option<Arc<CachedAnswer>> {
         metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
         let backend = self.backend.clone();
         let timeout = self.timeout;
         let fqdn = {
-            let mut n = name.clone();
+            let mut n = name.to_lowercase();
             n.set_fqdn(true);
             n
         };
+        let asked = fqdn.clone();
         let task = self.runtime.spawn(async move {
-            match tokio::time::timeout(timeout, backend.resolve(&fqdn, qtype)).await {
+            match tokio::time::timeout(timeout, backend.resolve(&asked, qtype)).await {
                 Ok(r) => r,
                 Err(_) => Err(ResolveError::Failed {
-                    name: fqdn.to_string(),
+                    name: asked.to_string(),
                     qtype,
                     message: format!("no answer within {} s", timeout.as_secs()),
                 }),
@@ -174,7 +181,31 @@ impl Resolver {
                 Answer::servfail()
             }
         };
-        self.cache.insert(key, &answer);
-        answer
+        let ttl = self.cache.ttl_for(&answer);
+        let built = CachedAnswer::build(&fqdn, qtype, &answer, ttl).or_else(|| {
+            tracing::debug!(name = %fqdn, %qtype, "answer could not be encoded");
+            CachedAnswer::servfail(&fqdn, qtype, self.cache.servfail_ttl())
+        });
+        let a = Arc::new(built?);
+        self.cache.insert(key, a.clone());
+        Some(a)
+    }
+
+    /// The records for a question, from the cache or resolved: for answers cleanpipe composes
+    /// (a safe-search CNAME followed by its target).
+    pub async fn resolve(&self, name: &Name, qtype: RecordType) -> Answer {
+        let Some(key) = Key::from_name(name, qtype, 0) else {
+            return Answer::servfail();
+        };
+        let now = Instant::now();
+        let hit = match self.cache.get(&key, now) {
+            Some(hit) => {
+                metrics::counter!(crate::metrics::CACHE_HITS).increment(1);
+                Some(hit)
+            }
+            None => self.fetch(&key, name, qtype).await,
+        };
+        hit.and_then(|h| h.answer(now))
+            .unwrap_or_else(Answer::servfail)
     }
 }
