@@ -291,7 +291,7 @@ fn request_path(c: &mut Criterion) {
     );
     let config = cleanpipe::config::Config::from_str_in(&text, "bench.yaml", Path::new("."))
         .expect("config");
-    let state = Arc::new(cleanpipe::state::StateDb::in_memory().expect("state"));
+    let state = Arc::new(cleanpipe::state::SqliteStore::in_memory().expect("state"));
     let store = Arc::new(
         cleanpipe::store::PolicyStore::open(&config, state, Default::default()).expect("policy"),
     );

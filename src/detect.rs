@@ -21,26 +21,8 @@ use tokio::sync::mpsc;
 use crate::config::DetectionConfig;
 use crate::policy::ClientView;
 use crate::policy::prefix::canonical_ip;
+use crate::state::Detection;
 use crate::store::PolicyStore;
-
-/// One botnet-feed lookup to record.
-#[derive(Debug, Clone)]
-pub struct Detection {
-    /// The subscriber's prefix (IPv4 /32, IPv6 delegation).
-    pub prefix: IpNet,
-    /// The client address seen.
-    pub ip: IpAddr,
-    /// Feed name.
-    pub feed: String,
-    /// Malware family.
-    pub family: String,
-    /// The name looked up.
-    pub qname: String,
-    /// Unix seconds.
-    pub at: i64,
-    /// Flag the prefix infected (it was not, or only self-released); otherwise only evidence.
-    pub flag: bool,
-}
 
 /// Handle used by the DNS path.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use cleanpipe::config::Config;
 use cleanpipe::policy::Question;
 use cleanpipe::policy::explain::explain;
-use cleanpipe::state::StateDb;
+use cleanpipe::state::SqliteStore;
 use cleanpipe::store::{PolicyStore, ReloadError};
 
 /// cleanpipe: a protective DNS resolver for ISPs.
@@ -264,9 +264,9 @@ fn offline_store(config: &Config) -> Result<PolicyStore, ReloadError> {
     // `check` and `explain` read the admin overrides from the state database when it exists,
     // without creating one.
     let state = if config.state.path.exists() {
-        StateDb::open(&config.state.path).map_err(|e| ReloadError::State(e.to_string()))?
+        SqliteStore::open(&config.state.path).map_err(|e| ReloadError::State(e.to_string()))?
     } else {
-        StateDb::in_memory().map_err(|e| ReloadError::State(e.to_string()))?
+        SqliteStore::in_memory().map_err(|e| ReloadError::State(e.to_string()))?
     };
     PolicyStore::open(
         config,
@@ -298,7 +298,7 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
         eprintln!("web.content_dir: {e}");
         return Ok(ExitCode::FAILURE);
     }
-    for w in config.warnings() {
+    for w in cleanpipe::server::warnings(&config) {
         eprintln!("warning: {w}");
     }
     match offline_store(&config) {

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::dns::Pipeline;
 use crate::dns::listen::{ListenError, Listeners};
 use crate::resolve::{ResolveError, Resolver};
-use crate::state::{StateDb, StateError};
+use crate::state::{SqliteStore, StateError};
 use crate::store::{PolicyStore, ReloadError};
 use crate::web::admin::{AdminState, router};
 
@@ -66,6 +66,13 @@ pub enum ServeError {
     Task(String),
 }
 
+/// Everything worth a warning in a valid configuration (printed by `check`, logged at start).
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut w = config.warnings();
+    w.extend(crate::watch::warnings(config));
+    w
+}
+
 /// Runs the service until `shutdown` completes. Must run inside a multi-thread tokio runtime
 /// (the control runtime: backends, admin API, watcher).
 pub async fn serve(
@@ -74,12 +81,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     crate::metrics::describe();
-    for w in config.warnings() {
+    for w in warnings(&config) {
         tracing::warn!("{w}");
     }
     let state_path = config.state.path.clone();
     let state = Arc::new(
-        tokio::task::spawn_blocking(move || StateDb::open(&state_path))
+        tokio::task::spawn_blocking(move || SqliteStore::open(&state_path))
             .await
             .map_err(|e| ServeError::Task(e.to_string()))??,
     );

@@ -27,7 +27,7 @@ use crate::policy::rpz::{self, RpzZone};
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry};
 use crate::policy::{ClientView, Counts, PolicyError, Snapshot, SourceSet, compile};
 use crate::policy::{EnrolmentSet, Feed, FeedPolicy, InfectedSet};
-use crate::state::StateDb;
+use crate::state::StateStore;
 
 /// Why a reload did not produce a new snapshot.
 #[derive(Debug, Clone, thiserror::Error, Serialize)]
@@ -131,7 +131,7 @@ pub struct PolicyStore {
     /// `None` without a trusted zone (`policy.trusted_zone: false`).
     allowlists: Option<PathBuf>,
     options: CompileOptions,
-    state: Arc<StateDb>,
+    state: Arc<dyn StateStore>,
     status: Mutex<ReloadStatus>,
     reload_lock: Mutex<()>,
     feeds: Vec<FeedConfig>,
@@ -301,7 +301,7 @@ impl PolicyStore {
     /// feeds, in force from the first answer on.
     pub fn open(
         config: &Config,
-        state: Arc<StateDb>,
+        state: Arc<dyn StateStore>,
         transferred: HashMap<String, TransferredFeed>,
     ) -> Result<Self, ReloadError> {
         let options = CompileOptions {
@@ -363,7 +363,7 @@ impl PolicyStore {
     }
 
     /// The state database.
-    pub fn state(&self) -> &Arc<StateDb> {
+    pub fn state(&self) -> &Arc<dyn StateStore> {
         &self.state
     }
 
@@ -782,7 +782,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let config = Config::from_str_in(&text, "t.yaml", dir).expect("config");
-        let state = Arc::new(StateDb::in_memory().expect("state"));
+        let state = Arc::new(crate::state::SqliteStore::in_memory().expect("state"));
         PolicyStore::open(&config, state, HashMap::new()).expect("first load")
     }
 

@@ -133,6 +133,18 @@ impl WatchSet {
     }
 }
 
+/// Configuration warnings about watching: cleanpipe's own files inside watched directories.
+pub fn warnings(c: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    if WatchSet::from_config(c).watches_dir_of(&c.state.path) {
+        w.push(format!(
+            "state.path {} is inside a directory watched for policy changes: keep cleanpipe's own files apart from the policy (only policy files trigger reloads, but a state file named like one would be read as policy)",
+            c.state.path.display()
+        ));
+    }
+    w
+}
+
 /// Starts watching `set`; reloads `store` after each burst of changes that matter.
 pub fn watch(
     store: Arc<PolicyStore>,

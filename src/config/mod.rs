@@ -892,12 +892,6 @@ impl Config {
                     .to_owned(),
             );
         }
-        if crate::watch::WatchSet::from_config(self).watches_dir_of(&self.state.path) {
-            w.push(format!(
-                "state.path {} is inside a directory watched for policy changes: keep cleanpipe's own files apart from the policy (only policy files trigger reloads, but a state file named like one would be read as policy)",
-                self.state.path.display()
-            ));
-        }
         if !self.web.listen.is_empty() && !self.web.has_support_contact() {
             w.push(
                 "web: no support contact (support_url, support_phone or support_email): the cleanup page cannot tell quarantined subscribers whom to call"

@@ -53,7 +53,7 @@ pub struct Infection {
 }
 
 /// Evidence of an infection: lookups of one botnet signature's names by one subscriber,
-/// recorded by detection ([`crate::detect`]) in the state database.
+/// recorded by botnet detection in the state database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
     /// The prefix the detection was recorded for (IPv4 /32, IPv6 delegation).

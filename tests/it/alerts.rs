@@ -10,7 +10,7 @@ use hickory_proto::rr::RecordType;
 use cleanpipe::alerts::{AlertEngine, ManualClock, signature};
 use cleanpipe::config::Config;
 use cleanpipe::policy::{Action, Question, decide};
-use cleanpipe::state::StateDb;
+use cleanpipe::state::{SqliteStore, StateStore};
 use cleanpipe::store::PolicyStore;
 
 use crate::support::webhook::{Received, Receiver};
@@ -326,7 +326,7 @@ fn reminders_and_revocation_follow_the_clock() {
         dir.path(),
     )
     .expect("config");
-    let state = Arc::new(StateDb::open(&dir.path().join("state.sqlite")).expect("state"));
+    let state = Arc::new(SqliteStore::open(&dir.path().join("state.sqlite")).expect("state"));
     let store =
         Arc::new(PolicyStore::open(&config, state.clone(), Default::default()).expect("policy"));
     let first_seen = 1_795_161_600; // 2026-11-20T08:00:00Z; grace 100 h

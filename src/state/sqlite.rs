@@ -1,6 +1,4 @@
-//! Durable runtime state in SQLite (WAL mode): changes made through the admin API, and an audit
-//! log of every change. Policy files stay the operator's source of truth; this database holds
-//! what was changed at runtime so it survives a restart and is merged into every snapshot.
+//! The state store of a single box: SQLite in WAL mode with synchronous writes.
 //!
 //! The schema is versioned with `PRAGMA user_version` and migrated forward on open. Access goes
 //! through one connection behind a mutex: admin changes are rare and small.
@@ -15,15 +13,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
 use crate::policy::{ModeOverride, Overrides};
 
-/// A state database failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// SQLite reported an error.
-    #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored value could not be read back.
-    #[error("state database: bad stored value: {0}")]
-    Corrupt(String),
+use super::{AlertRow, Delivery, Detection, OutboxRow, StateError, StateStore};
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        StateError::Backend(e.to_string())
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -76,63 +71,6 @@ const MIGRATIONS: &[&str] = &[
 /// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
 const EVIDENCE_DAYS: i64 = 90;
 
-/// An organisation alert as stored.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AlertRow {
-    /// Identifier.
-    pub id: i64,
-    /// Organisation id.
-    pub org: String,
-    /// Infected host (prefix).
-    pub prefix: String,
-    /// Malware family / signature.
-    pub signature: String,
-    /// Who reported it.
-    pub source: String,
-    /// Unix seconds.
-    pub first_seen: i64,
-    /// Unix seconds.
-    pub last_seen: i64,
-    /// DNS sightings and repeated reports.
-    pub sightings: i64,
-    /// Unix seconds: cleanup deadline.
-    pub deadline: i64,
-    /// `open`, `acknowledged`, `resolved`, `overdue`.
-    pub state: String,
-    /// Bit i set: reminder i sent.
-    pub reminders_sent: i64,
-}
-
-/// A webhook delivery waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    /// Identifier.
-    pub id: i64,
-    /// Event name.
-    pub event: String,
-    /// Target URL.
-    pub url: String,
-    /// HMAC secret.
-    pub secret: Option<String>,
-    /// JSON body.
-    pub body: String,
-    /// Stable idempotency key.
-    pub idempotency_key: String,
-    /// Attempts so far.
-    pub attempts: i64,
-}
-
-/// A delivery to enqueue with an alert change.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Event name.
-    pub event: String,
-    /// Target URL.
-    pub url: String,
-    /// HMAC secret.
-    pub secret: Option<String>,
-}
-
 const ALERT_COLUMNS: &str = "id, org, prefix, signature, source, first_seen, last_seen, sightings, deadline, state, reminders_sent";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
@@ -152,7 +90,7 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
 }
 
 /// The state database.
-pub struct StateDb {
+pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
@@ -164,7 +102,7 @@ fn prefix(s: &str) -> Result<Prefix, StateError> {
     s.parse().map_err(StateError::Corrupt)
 }
 
-impl StateDb {
+impl SqliteStore {
     /// Opens (creating and migrating as needed) the database file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let conn = Connection::open(path)?;
@@ -213,8 +151,30 @@ impl StateDb {
         Ok(())
     }
 
-    /// Flags a subscriber infected.
-    pub fn flag(&self, e: &InfectedEntry, actor: &str) -> Result<(), StateError> {
+    fn enqueue(
+        tx: &rusqlite::Transaction<'_>,
+        alert: Option<i64>,
+        d: &Delivery,
+        body: &str,
+        now: i64,
+    ) -> Result<(), StateError> {
+        // The idempotency key names the event, not the attempt: retries and restarts reuse it.
+        let key = format!(
+            "{}-{}-{:032x}",
+            d.event,
+            alert.unwrap_or(0),
+            rand::random::<u128>()
+        );
+        tx.execute(
+            "INSERT INTO outbox (alert_id, event, url, secret, body, idempotency_key, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![alert, d.event, d.url, d.secret, body.replace("{idempotency_key}", &key), key, now],
+        )?;
+        Ok(())
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn flag(&self, e: &InfectedEntry, actor: &str) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = e.prefix.to_string();
@@ -229,14 +189,7 @@ impl StateDb {
         })
     }
 
-    /// Unflags a subscriber: drops an admin flag and hides file entries reported before now.
-    pub fn unflag(
-        &self,
-        net: IpNet,
-        now: i64,
-        actor: &str,
-        reason: &str,
-    ) -> Result<(), StateError> {
+    fn unflag(&self, net: IpNet, now: i64, actor: &str, reason: &str) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = Prefix(net).to_string();
@@ -251,8 +204,7 @@ impl StateDb {
         })
     }
 
-    /// Enrols a customer in a profile.
-    pub fn enrol(&self, e: &EnrolmentEntry, actor: &str) -> Result<(), StateError> {
+    fn enrol(&self, e: &EnrolmentEntry, actor: &str) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = e.prefix.to_string();
@@ -267,8 +219,7 @@ impl StateDb {
         })
     }
 
-    /// Removes a customer's enrolment.
-    pub fn unenrol(&self, net: IpNet, now: i64, actor: &str) -> Result<(), StateError> {
+    fn unenrol(&self, net: IpNet, now: i64, actor: &str) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = Prefix(net).to_string();
@@ -283,9 +234,7 @@ impl StateDb {
         })
     }
 
-    /// Sets the global mode (overrides `mode.yaml`). The audit entry says what happens to the
-    /// exemptions of `mode.yaml`: kept (the operator's are added) or replaced.
-    pub fn set_mode(&self, o: &ModeOverride, actor: &str) -> Result<(), StateError> {
+    fn set_mode(&self, o: &ModeOverride, actor: &str) -> Result<(), StateError> {
         let m = &o.mode;
         self.with(|c| {
             let tx = c.transaction()?;
@@ -318,8 +267,7 @@ impl StateDb {
         })
     }
 
-    /// Clears the admin mode: `mode.yaml` (or normal) applies again.
-    pub fn clear_mode(&self, actor: &str, reason: &str) -> Result<(), StateError> {
+    fn clear_mode(&self, actor: &str, reason: &str) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM global_mode", [])?;
@@ -329,10 +277,7 @@ impl StateDb {
         })
     }
 
-    /// Records a self-release of the infection `prefix`, requested from `ip`, if fewer than `max`
-    /// were made since `window_start`. Returns the number made in the window before this one, or
-    /// `None` when the limit is reached (nothing recorded). Check and insert are one transaction.
-    pub fn record_release(
+    fn record_release(
         &self,
         prefix: IpNet,
         ip: std::net::IpAddr,
@@ -367,10 +312,7 @@ impl StateDb {
         })
     }
 
-    /// Records a botnet-feed lookup as evidence and, when `d.flag`, flags the prefix infected
-    /// (one transaction). A host already flagged keeps its flag; the lookup is evidence of one
-    /// more signature.
-    pub fn record_detection(&self, d: &crate::detect::Detection) -> Result<(), StateError> {
+    fn record_detection(&self, d: &Detection) -> Result<(), StateError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let p = Prefix(d.prefix).to_string();
@@ -392,12 +334,7 @@ impl StateDb {
         })
     }
 
-    /// Opens an alert for an infected host of a whitelisted organisation, or updates the open
-    /// one (one per organisation, host and signature). A report already covered by a resolved
-    /// alert is not reopened. The deliveries of a new alert are queued in the same transaction,
-    /// so an accepted alert is never lost. Returns the alert and whether it is new.
-    #[allow(clippy::too_many_arguments)]
-    pub fn upsert_alert(
+    fn upsert_alert(
         &self,
         org: &str,
         prefix: IpNet,
@@ -453,29 +390,7 @@ impl StateDb {
         })
     }
 
-    fn enqueue(
-        tx: &rusqlite::Transaction<'_>,
-        alert: Option<i64>,
-        d: &Delivery,
-        body: &str,
-        now: i64,
-    ) -> Result<(), StateError> {
-        // The idempotency key names the event, not the attempt: retries and restarts reuse it.
-        let key = format!(
-            "{}-{}-{:032x}",
-            d.event,
-            alert.unwrap_or(0),
-            rand::random::<u128>()
-        );
-        tx.execute(
-            "INSERT INTO outbox (alert_id, event, url, secret, body, idempotency_key, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![alert, d.event, d.url, d.secret, body.replace("{idempotency_key}", &key), key, now],
-        )?;
-        Ok(())
-    }
-
-    /// Queues deliveries not tied to a new alert (reminders, revocations), with an audit entry.
-    pub fn enqueue_all(
+    fn enqueue_all(
         &self,
         alert: Option<i64>,
         items: &[(Delivery, String)],
@@ -494,8 +409,7 @@ impl StateDb {
         })
     }
 
-    /// Records a DNS sighting of an alerted host: last seen and the counter of the active alert.
-    pub fn touch_alert(&self, org: &str, prefix: IpNet, now: i64) -> Result<(), StateError> {
+    fn touch_alert(&self, org: &str, prefix: IpNet, now: i64) -> Result<(), StateError> {
         self.with(|c| {
             c.execute(
                 "UPDATE alerts SET last_seen = MAX(last_seen, ?1), sightings = sightings + 1, updated_at = ?1
@@ -506,12 +420,7 @@ impl StateDb {
         })
     }
 
-    /// Alerts, newest first, optionally filtered by organisation and state.
-    pub fn alerts(
-        &self,
-        org: Option<&str>,
-        state: Option<&str>,
-    ) -> Result<Vec<AlertRow>, StateError> {
+    fn alerts(&self, org: Option<&str>, state: Option<&str>) -> Result<Vec<AlertRow>, StateError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR org = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT 10000"
@@ -521,8 +430,7 @@ impl StateDb {
         })
     }
 
-    /// One alert.
-    pub fn alert(&self, id: i64) -> Result<Option<AlertRow>, StateError> {
+    fn alert(&self, id: i64) -> Result<Option<AlertRow>, StateError> {
         self.with(|c| {
             Ok(c.query_row(
                 &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
@@ -533,8 +441,7 @@ impl StateDb {
         })
     }
 
-    /// Moves an alert to `to` if it is in one of `from`; returns whether it moved.
-    pub fn transition(
+    fn transition(
         &self,
         id: i64,
         from: &[&str],
@@ -568,8 +475,7 @@ impl StateDb {
         })
     }
 
-    /// Marks reminder `bit` as sent.
-    pub fn mark_reminder(&self, id: i64, bit: u32) -> Result<(), StateError> {
+    fn mark_reminder(&self, id: i64, bit: u32) -> Result<(), StateError> {
         self.with(|c| {
             c.execute(
                 "UPDATE alerts SET reminders_sent = reminders_sent | ?1 WHERE id = ?2",
@@ -579,8 +485,7 @@ impl StateDb {
         })
     }
 
-    /// Revokes an organisation's whitelisting (if not already revoked).
-    pub fn revoke(
+    fn revoke(
         &self,
         org: &str,
         alert: Option<i64>,
@@ -607,8 +512,7 @@ impl StateDb {
         })
     }
 
-    /// Reinstates a revoked organisation; returns whether it was revoked.
-    pub fn reinstate(
+    fn reinstate(
         &self,
         org: &str,
         actor: &str,
@@ -629,8 +533,7 @@ impl StateDb {
         })
     }
 
-    /// Missed deadlines per organisation since `since`.
-    pub fn strikes(&self, since: i64) -> Result<Vec<(String, i64)>, StateError> {
+    fn strikes(&self, since: i64) -> Result<Vec<(String, i64)>, StateError> {
         self.with(|c| {
             let mut st =
                 c.prepare("SELECT org, COUNT(*) FROM revocations WHERE at >= ?1 GROUP BY org")?;
@@ -639,8 +542,7 @@ impl StateDb {
         })
     }
 
-    /// Deliveries due at `now`.
-    pub fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
+    fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, event, url, secret, body, idempotency_key, attempts FROM outbox
@@ -661,8 +563,7 @@ impl StateDb {
         })
     }
 
-    /// Records a delivery attempt: delivered, or failed with the next attempt time.
-    pub fn delivery_result(
+    fn delivery_result(
         &self,
         id: i64,
         now: i64,
@@ -681,8 +582,7 @@ impl StateDb {
         })
     }
 
-    /// Deliveries still waiting (for status and metrics).
-    pub fn pending_deliveries(&self) -> Result<i64, StateError> {
+    fn pending_deliveries(&self) -> Result<i64, StateError> {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
@@ -692,8 +592,7 @@ impl StateDb {
         })
     }
 
-    /// Self-releases of `prefix` made since `window_start`.
-    pub fn releases_since(&self, prefix: IpNet, window_start: i64) -> Result<u32, StateError> {
+    fn releases_since(&self, prefix: IpNet, window_start: i64) -> Result<u32, StateError> {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM releases WHERE prefix = ?1 AND at >= ?2",
@@ -703,8 +602,7 @@ impl StateDb {
         })
     }
 
-    /// Every override, for merging into a snapshot.
-    pub fn overrides(&self) -> Result<Overrides, StateError> {
+    fn overrides(&self) -> Result<Overrides, StateError> {
         self.with(|c| {
             let mut o = Overrides::default();
             let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket, origin FROM infected ORDER BY prefix")?;
@@ -829,11 +727,7 @@ impl StateDb {
         })
     }
 
-    /// The latest audit entries, newest first: `(at, actor, action, detail)`.
-    pub fn audit_log(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(i64, String, String, String)>, StateError> {
+    fn audit_log(&self, limit: usize) -> Result<Vec<(i64, String, String, String)>, StateError> {
         self.with(|c| {
             let mut st =
                 c.prepare("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
@@ -854,7 +748,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("state.sqlite");
         {
-            let db = StateDb::open(&path).expect("open");
+            let db = SqliteStore::open(&path).expect("open");
             db.flag(
                 &InfectedEntry {
                     prefix: "2001:db8:1:100::/56".parse().expect("prefix"),
@@ -889,7 +783,7 @@ mod tests {
             )
             .expect("mode");
         }
-        let db = StateDb::open(&path).expect("reopen");
+        let db = SqliteStore::open(&path).expect("reopen");
         let o = db.overrides().expect("read");
         assert_eq!(o.infected.len(), 1);
         assert_eq!(o.infected[0].ticket.as_deref(), Some("T-1"));
