@@ -380,8 +380,52 @@ pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> D
     d
 }
 
-/// Rows 2 to 5.
-fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> Decision {
+/// Who a client is to the policy at `now`, whatever it asks: the rows of the precedence table
+/// that depend on the client alone. DNS ([`decide`]), the cleanup page and `explain` all ask
+/// this one function, so they cannot disagree about a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// Row 1: outside `clients.allow`.
+    NotServed,
+    /// Row 2: infected and not whitelisted (or its organisation's whitelisting was revoked).
+    Quarantined {
+        /// Infection index.
+        infection: u32,
+        /// Organisation index when the host's organisation lost its whitelisting.
+        revoked_org: Option<u32>,
+    },
+    /// Row 2: infected, but released by the subscriber after the report, until `until`.
+    SelfReleased {
+        /// Infection index.
+        infection: u32,
+        /// Unix seconds at which the release ends.
+        until: i64,
+    },
+    /// Row 3: infected inside a whitelisted organisation in good standing.
+    Whitelisted {
+        /// Infection index.
+        infection: u32,
+        /// Organisation index.
+        organisation: u32,
+    },
+    /// Row 4: in a trusted zone (its own enrolment, or global trusted-only mode).
+    Trusted {
+        /// Profile index (`u16::MAX` when the global profile is missing).
+        profile: u16,
+        /// Because of global trusted-only mode.
+        global: bool,
+    },
+    /// Row 4: global trusted-only mode is on and the client's network is exempt.
+    Exempt,
+    /// Row 5: no policy applies.
+    Normal,
+}
+
+/// Who `client` is at `now` (see [`Who`]).
+pub fn identify(snap: &Snapshot, client: &ClientView, now: i64) -> Who {
+    if !client.served {
+        return Who::NotServed;
+    }
     // Rows 2 and 3: infected subscribers.
     if let Some(infection) = client.infection {
         let org = client.organisation.and_then(|o| {
@@ -389,77 +433,102 @@ fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i6
                 .get(o as usize)
                 .map(|org| (o, org.standing))
         });
-        match org {
-            Some((organisation, Standing::Good)) => {
-                return Decision::new(
-                    Action::Alert,
-                    Reason::OrganisationAlert {
-                        infection,
-                        organisation,
-                    },
-                );
-            }
-            revoked => {
-                if let Some(until) = active_release(snap, client, infection, now) {
-                    return Decision::new(
-                        Action::Resolve,
-                        Reason::SelfReleased { infection, until },
-                    );
-                }
-                let revoked_org = revoked.map(|(o, _)| o);
-                let matched = snap.names.ancestors(&q.name).find(|(_, f)| {
-                    f.flags & (flag::REMEDIATION | flag::PROBE_RESOLVE | flag::PROBE_SINKHOLE) != 0
-                });
-                return match matched {
-                    // A sinkholed probe makes the OS pop up the cleanup page.
-                    Some((_, f))
-                        if f.flags & flag::PROBE_SINKHOLE != 0
-                            && f.flags & flag::REMEDIATION == 0 =>
-                    {
-                        Decision::new(
-                            Action::Sinkhole(Page::Cleanup),
-                            Reason::Quarantined {
-                                infection,
-                                revoked_org,
-                            },
-                        )
-                    }
-                    Some((_, f)) => Decision::new(
-                        Action::Resolve,
-                        Reason::Remediation {
-                            infection,
-                            source: f.source,
-                        },
-                    ),
-                    None => Decision::new(
-                        Action::Sinkhole(Page::Cleanup),
-                        Reason::Quarantined {
-                            infection,
-                            revoked_org,
-                        },
-                    ),
-                };
-            }
-        }
+        return match org {
+            Some((organisation, Standing::Good)) => Who::Whitelisted {
+                infection,
+                organisation,
+            },
+            revoked => match active_release(snap, client, infection, now) {
+                Some(until) => Who::SelfReleased { infection, until },
+                None => Who::Quarantined {
+                    infection,
+                    revoked_org: revoked.map(|(o, _)| o),
+                },
+            },
+        };
     }
-
     // Row 4: trusted zones. An enrolment's own profile wins over the global one.
-    let zone = match client.enrolment {
-        Some(e) => snap.enrolment(e).map(|en| (en.profile, false)),
-        None => None,
+    let own = client
+        .enrolment
+        .and_then(|e| snap.enrolment(e))
+        .map(|en| en.profile);
+    if let Some(profile) = own {
+        return Who::Trusted {
+            profile,
+            global: false,
+        };
     }
-    .or_else(|| {
-        (snap.mode.trusted_only_at(now) && !client.exempt).then_some((snap.global_profile, true))
-    });
-    if let Some((profile, global)) = zone {
-        return decide_trusted(snap, profile, global, q);
+    if snap.mode.trusted_only_at(now) {
+        return if client.exempt {
+            Who::Exempt
+        } else {
+            Who::Trusted {
+                profile: snap.global_profile,
+                global: true,
+            }
+        };
     }
-    if client.exempt && snap.mode.trusted_only_at(now) {
-        return Decision::new(Action::Resolve, Reason::Exempt);
-    }
+    Who::Normal
+}
 
-    // Row 5.
-    Decision::new(Action::Resolve, Reason::Normal)
+/// Rows 2 to 5: what the client is, then what that means for this question.
+fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> Decision {
+    match identify(snap, client, now) {
+        Who::NotServed => Decision::new(Action::Refuse, Reason::NotServed),
+        Who::Whitelisted {
+            infection,
+            organisation,
+        } => Decision::new(
+            Action::Alert,
+            Reason::OrganisationAlert {
+                infection,
+                organisation,
+            },
+        ),
+        Who::SelfReleased { infection, until } => {
+            Decision::new(Action::Resolve, Reason::SelfReleased { infection, until })
+        }
+        Who::Quarantined {
+            infection,
+            revoked_org,
+        } => decide_quarantined(snap, infection, revoked_org, q),
+        Who::Trusted { profile, global } => decide_trusted(snap, profile, global, q),
+        Who::Exempt => Decision::new(Action::Resolve, Reason::Exempt),
+        Who::Normal => Decision::new(Action::Resolve, Reason::Normal),
+    }
+}
+
+/// Row 2: remediation names and `resolve` probes resolve; everything else goes to the page.
+fn decide_quarantined(
+    snap: &Snapshot,
+    infection: u32,
+    revoked_org: Option<u32>,
+    q: &Question,
+) -> Decision {
+    let quarantined = Decision::new(
+        Action::Sinkhole(Page::Cleanup),
+        Reason::Quarantined {
+            infection,
+            revoked_org,
+        },
+    );
+    let matched = snap.names.ancestors(&q.name).find(|(_, f)| {
+        f.flags & (flag::REMEDIATION | flag::PROBE_RESOLVE | flag::PROBE_SINKHOLE) != 0
+    });
+    match matched {
+        // A sinkholed probe makes the OS pop up the cleanup page.
+        Some((_, f)) if f.flags & flag::PROBE_SINKHOLE != 0 && f.flags & flag::REMEDIATION == 0 => {
+            quarantined
+        }
+        Some((_, f)) => Decision::new(
+            Action::Resolve,
+            Reason::Remediation {
+                infection,
+                source: f.source,
+            },
+        ),
+        None => quarantined,
+    }
 }
 
 /// The end of a self-release that covers this infection at `now`: made after the infection was

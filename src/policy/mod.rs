@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use compile::{ModeOverride, Overrides, compile};
-pub use decide::{Action, Decision, Page, Question, Reason, decide};
+pub use decide::{Action, Decision, Page, Question, Reason, Who, decide, identify};
 pub use names::{NameMap, QName};
 pub use prefix::PrefixMap;
 pub use sources::{Mode, PolicyError, SourceSet, Standing};

@@ -31,9 +31,8 @@ use serde::Deserialize;
 
 use super::content::{Content, LANGUAGES, negotiate};
 use crate::config::WebConfig;
-use crate::policy::decide::active_release;
 use crate::policy::prefix::canonical_ip;
-use crate::policy::{Blocked, Snapshot};
+use crate::policy::{Blocked, Snapshot, Who, identify};
 use crate::store::PolicyStore;
 
 /// Seconds in the self-release window.
@@ -96,7 +95,8 @@ pub fn router(state: PageState) -> Router {
         .with_state(state)
 }
 
-/// What the policy says about a visitor.
+/// What the page shows a visitor: the policy core's [`Who`], plus what only the state knows
+/// (self-releases left).
 enum Visitor {
     Quarantined { infection: u32, releases_left: u32 },
     Released { until: i64 },
@@ -104,27 +104,19 @@ enum Visitor {
     Normal,
 }
 
+/// The time for one request (read once, passed down).
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-async fn visitor(s: &PageState, snap: &Snapshot, ip: IpAddr) -> Visitor {
-    let client = snap.classify(ip);
-    let t = now();
-    if let Some(infection) = client.infection {
-        let whitelisted = client
-            .organisation
-            .and_then(|o| snap.organisations.get(o as usize))
-            .is_some_and(|o| o.standing == crate::policy::Standing::Good);
-        if !whitelisted {
-            if let Some(until) = active_release(snap, &client, infection, t) {
-                return Visitor::Released { until };
-            }
-            let prefix = snap.infection(infection).map(|i| i.prefix);
-            let used = match prefix {
+/// Who the visitor is, asked of the policy core exactly as DNS asks it.
+async fn visitor(s: &PageState, snap: &Snapshot, ip: IpAddr, now: i64) -> Visitor {
+    match identify(snap, &snap.classify(ip), now) {
+        Who::Quarantined { infection, .. } => {
+            let used = match snap.infection(infection).map(|i| i.prefix) {
                 Some(p) => {
                     let st = s.store.state().clone();
-                    tokio::task::spawn_blocking(move || st.releases_since(p, t - WINDOW))
+                    tokio::task::spawn_blocking(move || st.releases_since(p, now - WINDOW))
                         .await
                         .ok()
                         .and_then(Result::ok)
@@ -132,22 +124,20 @@ async fn visitor(s: &PageState, snap: &Snapshot, ip: IpAddr) -> Visitor {
                 }
                 None => u32::MAX,
             };
-            return Visitor::Quarantined {
+            Visitor::Quarantined {
                 infection,
                 releases_left: s.config.self_release_max.saturating_sub(used),
-            };
+            }
         }
-    }
-    let profile = client
-        .enrolment
-        .and_then(|e| snap.enrolment(e))
-        .map(|e| e.profile)
-        .or_else(|| {
-            (snap.mode.trusted_only_at(t) && !client.exempt).then_some(snap.global_profile)
-        });
-    match profile {
-        Some(p) if snap.profiles.get(p as usize).is_some() => Visitor::Trusted { profile: p },
-        _ => Visitor::Normal,
+        Who::SelfReleased { until, .. } => Visitor::Released { until },
+        Who::Trusted { profile, .. } if snap.profiles.get(profile as usize).is_some() => {
+            Visitor::Trusted { profile }
+        }
+        Who::Trusted { .. }
+        | Who::NotServed
+        | Who::Whitelisted { .. }
+        | Who::Exempt
+        | Who::Normal => Visitor::Normal,
     }
 }
 
@@ -492,7 +482,7 @@ async fn page(
 ) -> Response {
     let ip = canonical_ip(peer.ip());
     let snap = s.store.snapshot();
-    let v = visitor(&s, &snap, ip).await;
+    let v = visitor(&s, &snap, ip, now()).await;
     if matches!(v, Visitor::Quarantined { .. }) && PROBE_PATHS.contains(&uri.path()) {
         let mut r = StatusCode::FOUND.into_response();
         if let Ok(loc) = HeaderValue::from_str(&s.portal_url) {
@@ -586,7 +576,8 @@ async fn release(
         return html(StatusCode::FORBIDDEN, c.layout(&c.t("csrf_error"), &body));
     }
     let snap = s.store.snapshot();
-    let (infection, releases_left) = match visitor(&s, &snap, ip).await {
+    let t = now();
+    let (infection, releases_left) = match visitor(&s, &snap, ip, t).await {
         Visitor::Quarantined {
             infection,
             releases_left,
@@ -608,10 +599,25 @@ async fn release(
             ),
         );
     }
-    let Some(prefix) = snap.infection(infection).map(|i| i.prefix) else {
+    let Some((prefix, first_seen)) = snap.infection(infection).map(|i| (i.prefix, i.first_seen))
+    else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let t = now();
+    if first_seen > t {
+        // A release counts only for reports made before it (a newer report quarantines
+        // again), so a report dated in the future cannot be released: say so instead of
+        // reporting a success DNS would not honour.
+        let body = format!(
+            "<h1>{}</h1><p class=\"notice\" id=\"release-impossible\">{}</p>{}",
+            c.t("quarantine_title"),
+            c.t("out_of_releases"),
+            c.support()
+        );
+        return html(
+            StatusCode::CONFLICT,
+            c.layout(&c.t("quarantine_title"), &body),
+        );
+    }
     let until = t + i64::from(s.config.self_release_hours) * 3600;
     let max = s.config.self_release_max;
     let st = s.store.state().clone();
@@ -659,14 +665,15 @@ async fn captive_api(
 ) -> Response {
     let ip = canonical_ip(peer.ip());
     let snap = s.store.snapshot();
-    let body = match visitor(&s, &snap, ip).await {
+    let t = now();
+    let body = match visitor(&s, &snap, ip, t).await {
         Visitor::Quarantined { .. } => {
             serde_json::json!({ "captive": true, "user-portal-url": &*s.portal_url })
         }
         Visitor::Released { until } => serde_json::json!({
             "captive": false,
             "user-portal-url": &*s.portal_url,
-            "seconds-remaining": (until - now()).max(0),
+            "seconds-remaining": (until - t).max(0),
         }),
         _ => serde_json::json!({ "captive": false }),
     };

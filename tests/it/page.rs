@@ -419,3 +419,74 @@ fn no_support_contact_means_no_empty_contact_sentence_and_check_warns() {
         r.body
     );
 }
+
+/// The page asks the policy core who the visitor is, as DNS does: a host of a whitelisted
+/// organisation is resolved normally (an alert, not its kids profile), so its page is the
+/// neutral one; a report dated in the future cannot be self-released (DNS would keep the
+/// quarantine), so the page says so instead of reporting a success.
+#[test]
+fn the_page_and_dns_agree_on_who_the_visitor_is() {
+    let zone = support::Zone::parse(
+        "page.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.8\n",
+    );
+    let _up = support::start_server("127.0.97.10", 5354, vec![zone]);
+    let infected = "infected:
+  - {prefix: 127.0.5.7, family: Mirai, source: cert, first_seen: 2026-11-20T08:00:00Z}
+  - {prefix: 127.0.0.87, family: Emotet, source: cert, first_seen: 2036-01-01T00:00:00Z}
+";
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.97.10\n      port: 5354",
+        "alerts:\n  tick_secs: 3600\n",
+        &[
+            ("infected.yaml", infected),
+            (
+                "enrolments.yaml",
+                "enrolments:\n  - {prefix: 127.0.5.7, profile: kids, enabled_by: portal, enabled_at: 2026-11-01T10:00:00Z}\n",
+            ),
+            (
+                "organisations.yaml",
+                "organisations:\n  - {id: clinic, name: Clinic, networks: [127.0.5.0/24], grace_hours: 100000}\n",
+            ),
+        ],
+    );
+    // Whitelisted + enrolled: DNS resolves normally (row 3 comes before trusted zones) ...
+    assert_eq!(
+        addresses(&query(
+            cp.dns,
+            ip("127.0.5.7"),
+            "www.page.example.",
+            RecordType::A
+        )),
+        vec!["198.51.100.8"]
+    );
+    // ... and the page agrees: neither the cleanup page nor the trusted-zone page.
+    let r = cp.page(ip("127.0.5.7"), "/", &[]);
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.body.contains("name=\"csrf\""),
+        "not quarantined: {}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("Trusted") && !r.body.contains("trusted zone"),
+        "{}",
+        r.body
+    );
+
+    // A report dated in the future: quarantined, and a release is refused, not faked.
+    let host = ip("127.0.0.87");
+    assert_eq!(
+        addresses(&query(cp.dns, host, "www.page.example.", RecordType::A)),
+        vec![cp.sink()]
+    );
+    let token = csrf(&cp.page(host, "/", &[]).body);
+    let r = post_release(&cp, host, &format!("confirm=yes&csrf={token}"));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("release-impossible"), "{}", r.body);
+    assert_eq!(
+        addresses(&query(cp.dns, host, "www.page.example.", RecordType::A)),
+        vec![cp.sink()],
+        "DNS and the page agree: still quarantined"
+    );
+}
