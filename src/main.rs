@@ -264,9 +264,9 @@ fn offline_store(config: &Config) -> Result<PolicyStore, ReloadError> {
     // `check` and `explain` read the admin overrides from the state database when it exists,
     // without creating one.
     let state = if config.state.path.exists() {
-        SqliteStore::open(&config.state.path).map_err(|e| ReloadError::State(e.to_string()))?
+        SqliteStore::open(&config.state.path)?
     } else {
-        SqliteStore::in_memory().map_err(|e| ReloadError::State(e.to_string()))?
+        SqliteStore::in_memory()?
     };
     PolicyStore::open(
         config,

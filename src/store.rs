@@ -24,20 +24,24 @@ use std::collections::HashMap;
 use crate::config::{Config, FeedAction, FeedConfig};
 use crate::policy::compile::CompileOptions;
 use crate::policy::rpz::{self, RpzZone};
+use crate::policy::sources::ReadError;
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry};
 use crate::policy::{ClientView, Counts, PolicyError, Snapshot, SourceSet, compile};
 use crate::policy::{EnrolmentSet, Feed, FeedPolicy, InfectedSet};
 use crate::state::StateStore;
 
 /// Why a reload did not produce a new snapshot.
-#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// A source could not be read.
-    #[error("{0}")]
-    Read(String),
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The state database could not be read.
-    #[error("{0}")]
-    State(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A compile thread panicked (a bug; the previous policy stays).
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
     /// The sources are invalid; every problem is listed.
     #[error("{} error(s) in the policy; the first: {}", .0.len(), .0.first().map(|e| clip(&e.to_string())).unwrap_or_default())]
     Invalid(Vec<PolicyError>),
@@ -393,9 +397,9 @@ impl PolicyStore {
                 .spawn_scoped(s, || self.load_feeds());
             let policy = self.build_policy(generation, reuse);
             let feeds = match feeds {
-                Ok(t) => t.join().unwrap_or_else(|_| {
-                    Err(ReloadError::Read("the feed parsing thread panicked".into()))
-                }),
+                Ok(t) => t
+                    .join()
+                    .unwrap_or_else(|_| Err(ReloadError::Panicked("feed parsing"))),
                 Err(_) => self.load_feeds(), // no thread to spare: parse here
             };
             match (policy, feeds) {
@@ -414,14 +418,9 @@ impl PolicyStore {
 
     /// Everything but the feeds (see [`PolicyStore::build_with`]).
     fn build_policy(&self, generation: u64, reuse: bool) -> Result<Snapshot, ReloadError> {
-        let overrides = self
-            .state
-            .overrides()
-            .map_err(|e| ReloadError::State(e.to_string()))?;
+        let overrides = self.state.overrides()?;
         let paths = match &self.policy_dir {
-            Some(dir) => {
-                SourceSet::policy_paths(dir).map_err(|e| ReloadError::Read(e.to_string()))?
-            }
+            Some(dir) => SourceSet::policy_paths(dir)?,
             None => Vec::new(),
         };
         // Infected lists are the big files: each is read at most once per reload, and not at
@@ -444,8 +443,10 @@ impl PolicyStore {
             // Compiled after all: read what the stamps spared. The key is then the digest of
             // exactly the text compiled.
             for f in infected.iter_mut().filter(|f| f.text.is_none()) {
-                let text = std::fs::read_to_string(&f.path)
-                    .map_err(|e| ReloadError::Read(format!("{}: {e}", f.display)))?;
+                let text = std::fs::read_to_string(&f.path).map_err(|source| ReadError {
+                    path: f.path.clone(),
+                    source,
+                })?;
                 f.digest = digest(&[text.as_bytes()]);
                 f.text = Some(text);
             }
@@ -461,8 +462,7 @@ impl PolicyStore {
             self.policy_dir.as_deref(),
             self.allowlists.as_deref(),
             |n| n.starts_with("infected"),
-        )
-        .map_err(|e| ReloadError::Read(e.to_string()))?;
+        )?;
         if reuse_infected.is_none() {
             sources.policy_files.extend(
                 infected
@@ -528,8 +528,10 @@ impl PolicyStore {
             let (digest, text) = match known {
                 Some(d) => (d, None),
                 None => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| ReloadError::Read(format!("{display}: {e}")))?;
+                    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+                        path: path.clone(),
+                        source,
+                    })?;
                     let d = digest(&[text.as_bytes()]);
                     if let Some(st) = st {
                         self.digests
@@ -568,9 +570,9 @@ impl PolicyStore {
                     self.build_with(generation, true)
                 });
             match t {
-                Ok(t) => t.join().unwrap_or_else(|_| {
-                    Err(ReloadError::Read("policy compile thread panicked".into()))
-                }),
+                Ok(t) => t
+                    .join()
+                    .unwrap_or_else(|_| Err(ReloadError::Panicked("policy compile"))),
                 // No thread to spare: compile here, at normal priority.
                 Err(_) => self.build_with(generation, true),
             }
@@ -642,8 +644,10 @@ impl PolicyStore {
                 let zone = match cached {
                     Some(z) => z,
                     None => {
-                        let text = std::fs::read_to_string(path)
-                            .map_err(|e| ReloadError::Read(format!("{display}: {e}")))?;
+                        let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+                            path: path.clone(),
+                            source,
+                        })?;
                         match rpz::parse(&display, &text, f.zone.as_deref()) {
                             Ok(z) => {
                                 let z = Arc::new(z);

@@ -96,6 +96,8 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 struct Open {
     client: IpAddr,
+    /// Asked to close (counted until it has, never asked twice).
+    closing: bool,
     /// Milliseconds since the table's epoch of the last complete query or reply.
     active: Arc<AtomicU64>,
     busy: Arc<AtomicUsize>,
@@ -107,6 +109,8 @@ struct Table {
     next: u64,
     open: HashMap<u64, Open>,
     per_client: HashMap<IpAddr, usize>,
+    /// Connections asked to close that have not yet.
+    closing: usize,
 }
 
 /// Every open connection of one transport, across serving threads.
@@ -133,6 +137,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.conns.lock();
         if let Some(o) = t.open.remove(&self.id) {
+            if o.closing {
+                t.closing -= 1;
+            }
             let left = t.per_client.get_mut(&o.client).map(|n| {
                 *n -= 1;
                 *n
@@ -190,15 +197,17 @@ impl Connections {
     /// Asks the connection idle the longest (nothing in flight) to close; `true` if there was
     /// one.
     pub fn evict_idlest(&self) -> bool {
-        let t = self.lock();
+        let mut t = self.lock();
         let victim = t
             .open
-            .values()
-            .filter(|o| o.busy.load(Ordering::Relaxed) == 0)
+            .values_mut()
+            .filter(|o| !o.closing && o.busy.load(Ordering::Relaxed) == 0)
             .min_by_key(|o| o.active.load(Ordering::Relaxed));
         match victim {
             Some(o) => {
+                o.closing = true;
                 o.close.notify_one();
+                t.closing += 1;
                 metrics::counter!(crate::metrics::CONNECTIONS_EVICTED, "transport" => self.transport)
                     .increment(1);
                 true
@@ -218,7 +227,7 @@ impl Connections {
                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "transport" => self.transport, "why" => "per_client").increment(1);
                 return Err(Refusal::PerClient);
             }
-            t.open.len() >= self.limits.total
+            t.open.len() - t.closing >= self.limits.total
         };
         if full && !self.evict_idlest() {
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "transport" => self.transport, "why" => "full").increment(1);
@@ -238,6 +247,7 @@ impl Connections {
             id,
             Open {
                 client,
+                closing: false,
                 active: slot.active.clone(),
                 busy: slot.busy.clone(),
                 close: slot.close.clone(),
@@ -261,7 +271,8 @@ impl Connections {
 
     /// Asks every connection to close (shutdown).
     pub fn close_all(&self) {
-        for o in self.lock().open.values() {
+        for o in self.lock().open.values_mut() {
+            o.closing = true;
             o.close.notify_one();
         }
     }

@@ -50,6 +50,60 @@ pub struct Forward {
     next: AtomicUsize,
 }
 
+/// Why one exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// A socket operation failed.
+    #[error("{upstream}: {source}")]
+    Io {
+        /// The upstream.
+        upstream: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("no {transport} answer from {upstream} within {secs} s")]
+    Timeout {
+        /// The upstream.
+        upstream: SocketAddr,
+        /// `UDP` or `TCP`.
+        transport: &'static str,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// The upstream's answer was not for our question (over TCP, where no other can come).
+    #[error("{upstream}: the TCP answer does not match the question")]
+    Mismatch {
+        /// The upstream.
+        upstream: SocketAddr,
+    },
+    /// The answer could not be read, or the query written.
+    #[error("{upstream}: {message}")]
+    Format {
+        /// The upstream.
+        upstream: SocketAddr,
+        /// What hickory said.
+        message: String,
+    },
+    /// No free query ID on the chosen socket (tens of thousands in flight).
+    #[error("too many queries in flight")]
+    Busy,
+    /// No pool socket of the upstream's address family.
+    #[error("no socket for the address family of {upstream}")]
+    NoSocket {
+        /// The upstream.
+        upstream: SocketAddr,
+    },
+    /// The upstream answered with an error code.
+    #[error("{upstream} answered {rcode}")]
+    Rcode {
+        /// The upstream.
+        upstream: SocketAddr,
+        /// What it answered.
+        rcode: ResponseCode,
+    },
+}
+
 fn failed(name: &Name, qtype: RecordType, message: impl Into<String>) -> ResolveError {
     ResolveError::Failed {
         name: name.to_string(),
@@ -152,11 +206,12 @@ impl Forward {
         upstream: SocketAddr,
         name: &Name,
         qtype: RecordType,
-    ) -> Result<Message, String> {
-        let pool = self.pool().await.map_err(|e| e.to_string())?;
+    ) -> Result<Message, ForwardError> {
+        let io = |source| ForwardError::Io { upstream, source };
+        let pool = self.pool().await.map_err(io)?;
         let family: Vec<&Arc<Sock>> = pool.iter().filter(|s| s.v6 == upstream.is_ipv6()).collect();
         if family.is_empty() {
-            return Err("no socket for the upstream's address family".into());
+            return Err(ForwardError::NoSocket { upstream });
         }
         let pick = (self.next.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u32>() as usize)
             % family.len();
@@ -173,7 +228,7 @@ impl Forward {
                 id = rand::random();
             }
             if waiting.contains_key(&id) {
-                return Err("too many queries in flight".into());
+                return Err(ForwardError::Busy);
             }
             waiting.insert(
                 id,
@@ -186,10 +241,11 @@ impl Forward {
             );
             id
         };
-        let bytes = query_bytes(id, &asked, qtype)?;
+        let bytes = query_bytes(id, &asked, qtype)
+            .map_err(|message| ForwardError::Format { upstream, message })?;
         if let Err(e) = sock.socket.send_to(&bytes, upstream).await {
             sock.waiting.lock().await.remove(&id);
-            return Err(e.to_string());
+            return Err(io(e));
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(mut msg)) => {
@@ -203,10 +259,11 @@ impl Forward {
             }
             _ => {
                 sock.waiting.lock().await.remove(&id);
-                Err(format!(
-                    "no answer from {upstream} within {} s",
-                    self.timeout.as_secs()
-                ))
+                Err(ForwardError::Timeout {
+                    upstream,
+                    transport: "UDP",
+                    secs: self.timeout.as_secs(),
+                })
             }
         }
     }
@@ -216,30 +273,27 @@ impl Forward {
         upstream: SocketAddr,
         name: &Name,
         qtype: RecordType,
-    ) -> Result<Message, String> {
+    ) -> Result<Message, ForwardError> {
         let id: u16 = rand::random();
-        let bytes = query_bytes(id, name, qtype)?;
+        let format = |message: String| ForwardError::Format { upstream, message };
+        let io = |source| ForwardError::Io { upstream, source };
+        let bytes = query_bytes(id, name, qtype).map_err(format)?;
         let exchange = async {
-            let mut s = TcpStream::connect(upstream)
-                .await
-                .map_err(|e| e.to_string())?;
-            let len = u16::try_from(bytes.len()).map_err(|_| "query too long".to_owned())?;
-            s.write_all(&len.to_be_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            let len = s.read_u16().await.map_err(|e| e.to_string())?;
+            let mut s = TcpStream::connect(upstream).await.map_err(io)?;
+            let len = u16::try_from(bytes.len()).map_err(|_| format("query too long".into()))?;
+            s.write_all(&len.to_be_bytes()).await.map_err(io)?;
+            s.write_all(&bytes).await.map_err(io)?;
+            let len = s.read_u16().await.map_err(io)?;
             let mut buf = vec![0u8; usize::from(len)];
-            s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-            Message::from_vec(&buf).map_err(|e| e.to_string())
+            s.read_exact(&mut buf).await.map_err(io)?;
+            Message::from_vec(&buf).map_err(|e| format(e.to_string()))
         };
         let msg = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| {
-                format!(
-                    "no TCP answer from {upstream} within {} s",
-                    self.timeout.as_secs()
-                )
+            .map_err(|_| ForwardError::Timeout {
+                upstream,
+                transport: "TCP",
+                secs: self.timeout.as_secs(),
             })??;
         let ok = msg.metadata.id == id
             && msg
@@ -249,7 +303,7 @@ impl Forward {
         if ok {
             Ok(msg)
         } else {
-            Err("TCP answer does not match the question".into())
+            Err(ForwardError::Mismatch { upstream })
         }
     }
 }
@@ -268,7 +322,7 @@ fn query_bytes(id: u16, name: &Name, qtype: RecordType) -> Result<Vec<u8>, Strin
 #[async_trait]
 impl Backend for Forward {
     async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError> {
-        let mut last = String::from("no upstream answered");
+        let mut last: Option<ForwardError> = None;
         for _ in 0..2 {
             for &upstream in &self.upstreams {
                 let msg = match self.udp(upstream, name, qtype).await {
@@ -278,7 +332,7 @@ impl Backend for Forward {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
-                        last = e;
+                        last = Some(e);
                         continue;
                     }
                 };
@@ -286,11 +340,15 @@ impl Backend for Forward {
                     ResponseCode::NoError | ResponseCode::NXDomain => {
                         return Ok(Answer::from_message(msg.metadata.response_code, msg));
                     }
-                    other => last = format!("{upstream} answered {other}"),
+                    rcode => last = Some(ForwardError::Rcode { upstream, rcode }),
                 }
             }
         }
-        Err(failed(name, qtype, last))
+        Err(failed(
+            name,
+            qtype,
+            last.map_or_else(|| "no upstream answered".to_owned(), |e| e.to_string()),
+        ))
     }
 
     fn kind(&self) -> &'static str {

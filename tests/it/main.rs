@@ -4,8 +4,10 @@ mod support;
 
 mod alerts;
 mod allowlists;
+mod differential;
 mod feeds;
 mod page;
 mod policy;
 mod recursion;
+mod tcp;
 mod xfr;

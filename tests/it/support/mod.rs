@@ -219,6 +219,8 @@ pub struct Cleanpipe {
     pub web: SocketAddr,
     /// Working directory: `cleanpipe.yaml`, `policy/`, `state.sqlite`, `cleanpipe.log`.
     pub dir: PathBuf,
+    /// Open-file limit (soft and hard) for the process, when set before [`Cleanpipe::spawn`].
+    pub nofile: Option<u64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -273,6 +275,7 @@ impl Cleanpipe {
             admin: SocketAddr::new(ip, 8053),
             web: SocketAddr::new(ip, 8080),
             dir,
+            nofile: None,
             _tmp: Some(tmp),
         }
     }
@@ -312,17 +315,32 @@ impl Cleanpipe {
             .append(true)
             .open(self.dir.join("cleanpipe.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cleanpipe"));
+        cmd.args(["serve", "--config"])
             .arg(self.dir.join("cleanpipe.yaml"))
             .env(
                 "RUST_LOG",
                 "info,cleanpipe=debug,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
             )
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cleanpipe binary starts");
+            .stderr(log);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("cleanpipe binary starts");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -337,6 +355,39 @@ impl Cleanpipe {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("cleanpipe not ready within 20 s; log:\n{}", self.log());
+    }
+
+    /// Rewrites `cleanpipe.yaml` (before [`Cleanpipe::spawn`], or before a restart).
+    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+        let path = self.dir.join("cleanpipe.yaml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, f(&text)).expect("write config");
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / hz
     }
 
     /// Kills the process with SIGKILL (no shutdown at all), as a crash would.
@@ -455,6 +506,65 @@ fn rand_id() -> u16 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(7);
     (t ^ (t >> 16)) as u16
+}
+
+/// Sends raw bytes over UDP from `source` and returns the raw reply, `None` after `timeout`.
+pub fn udp_exchange(
+    server: SocketAddr,
+    source: IpAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind(SocketAddr::new(source, 0)).expect("udp socket");
+    sock.set_read_timeout(Some(timeout)).expect("timeout");
+    sock.send_to(bytes, server).expect("send");
+    let mut buf = vec![0u8; 65535];
+    let n = sock.recv(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// A TCP connection to `server` from `source` (any 127/8 address).
+pub fn tcp_connect(server: SocketAddr, source: IpAddr) -> std::io::Result<std::net::TcpStream> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.bind(&SocketAddr::new(source, 0).into())?;
+    s.connect_timeout(&server.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}
+
+/// Writes one DNS message on a TCP stream (two-byte length first).
+pub fn tcp_send(s: &mut std::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    s.write_all(&framed)
+}
+
+/// Reads one DNS message from a TCP stream; `None` on EOF, error or after `timeout`.
+pub fn tcp_recv(s: &mut std::net::TcpStream, timeout: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// One query over a new TCP connection from `source`; the raw reply or `None`.
+pub fn tcp_exchange(
+    server: SocketAddr,
+    source: IpAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let mut s = tcp_connect(server, source).ok()?;
+    tcp_send(&mut s, bytes).ok()?;
+    tcp_recv(&mut s, timeout)
 }
 
 /// Addresses in the answer section (A and AAAA), as text.
