@@ -223,8 +223,18 @@ fn unix(t: &DateTime<Utc>) -> i64 {
 fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOptions) {
     b.snap.allowlist_version = lists.meta.version.clone();
     let categories: HashSet<&str> = lists.categories.iter().map(|c| c.id.as_str()).collect();
+    let service_index = compile_services(b, lists, &categories);
+    compile_profiles(b, lists, &categories, &service_index);
+    mark_groups(b, lists, options);
+    compile_rewrites(b, lists);
+}
 
-    // Services: ids unique, categories known, names valid, an owned name in one service only.
+/// Services: ids unique, categories known, names valid, an owned name in one service only.
+fn compile_services<'a>(
+    b: &mut Builder,
+    lists: &'a Allowlists,
+    categories: &HashSet<&str>,
+) -> HashMap<&'a str, u32> {
     let mut service_index: HashMap<&str, u32> = HashMap::new();
     let mut owner: HashMap<String, &str> = HashMap::new();
     let mut shared_names: HashSet<String> = HashSet::new();
@@ -276,8 +286,16 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
             ));
         }
     }
+    service_index
+}
 
-    // Profiles.
+/// Profiles: the services of their categories and their own, minus their exclusions.
+fn compile_profiles(
+    b: &mut Builder,
+    lists: &Allowlists,
+    categories: &HashSet<&str>,
+    service_index: &HashMap<&str, u32>,
+) {
     if lists.profiles.len() > 64 {
         b.err(
             "allowlists/profiles.yaml",
@@ -344,7 +362,10 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
             services: members,
         });
     }
+}
 
+/// Remediation, essential, probe and canary names, with their flags.
+fn mark_groups(b: &mut Builder, lists: &Allowlists, options: &CompileOptions) {
     let mark = |b: &mut Builder, names: &mut dyn Iterator<Item = &String>, what: String, f: u8| {
         let src = b.snap.name_sources.len() as u32;
         b.snap.name_sources.push(what.clone());
@@ -406,8 +427,10 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
             flag::CANARY,
         );
     }
+}
 
-    // Safe-search rewrites (exact names).
+/// Safe-search rewrites (exact names).
+fn compile_rewrites(b: &mut Builder, lists: &Allowlists) {
     let mut rewrites = NameMap::new();
     for r in &lists.rewrites {
         let target = match normalise(&r.target) {

@@ -324,271 +324,396 @@ pub const NO_ORIGIN: &str = "the zone's name is not known: set `zone:` for this 
 /// Parses an RPZ zone. `origin` is the zone's name (from configuration or the transfer); when
 /// `None`, the first `$ORIGIN` or SOA owner is used.
 pub fn parse(file: &str, text: &str, origin: Option<&str>) -> Result<RpzZone, Vec<PolicyError>> {
-    let mut zone = RpzZone::default();
-    let mut errors: Vec<PolicyError> = Vec::new();
-    let mut zone_origin: Option<String> =
-        origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
-    let mut current_origin = zone_origin.clone().unwrap_or_default();
-    let mut owner = String::new();
-    let mut family_index: rustc_hash::FxHashMap<String, u32> = Default::default();
-    let mut exact: NameTable<Pending> = NameTable::default();
-    // A feed is about one trigger per line: size the table once (a million-name feed otherwise
-    // spends a sixth of its load time rehashing).
-    let lines = text.bytes().filter(|&b| b == b'\n').count();
-    exact.reserve(lines, text.len() / 2);
-    let mut wildcard: NameTable<Pending> = NameTable::default();
-    let mut client: rustc_hash::FxHashMap<String, Pending> = Default::default();
-    let err = |line: u32, m: String, errors: &mut Vec<PolicyError>| {
-        if errors.len() < 100 {
-            errors.push(PolicyError::at(file, line as usize, m));
-        }
-    };
-
+    let mut p = Parser::new(file, text, origin);
     for (line, blank_owner, tokens, unbalanced) in records(text) {
-        if unbalanced {
-            err(line, "unbalanced parentheses".into(), &mut errors);
-            continue;
+        let flow = if unbalanced {
+            p.err(line, "unbalanced parentheses".into());
+            Flow::Next
+        } else if tokens[0].starts_with('$') {
+            p.directive(line, &tokens)
+        } else {
+            p.record(line, blank_owner, &tokens)
+        };
+        if flow == Flow::Stop {
+            return Err(p.errors);
         }
+    }
+    p.finish()
+}
+
+/// Whether parsing goes on after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Next,
+    /// A problem that makes every following line wrong (no zone name): stop, one error.
+    Stop,
+}
+
+/// The state of one parse.
+struct Parser<'f> {
+    file: &'f str,
+    zone: RpzZone,
+    errors: Vec<PolicyError>,
+    /// The zone's name, once known.
+    zone_origin: Option<String>,
+    /// What relative names are relative to (`$ORIGIN`).
+    current_origin: String,
+    /// The last owner (blank owners repeat it).
+    owner: String,
+    family_index: rustc_hash::FxHashMap<String, u32>,
+    exact: NameTable<Pending>,
+    wildcard: NameTable<Pending>,
+    client: rustc_hash::FxHashMap<String, Pending>,
+}
+
+/// Which table a trigger lives in.
+#[derive(Clone, Copy)]
+enum Slot {
+    Exact,
+    Wildcard,
+    Client,
+}
+
+impl<'f> Parser<'f> {
+    fn new(file: &'f str, text: &str, origin: Option<&str>) -> Self {
+        let zone_origin = origin.map(|o| o.trim_end_matches('.').to_ascii_lowercase());
+        let mut exact = NameTable::default();
+        // A feed is about one trigger per line: size the table once (a million-name feed
+        // otherwise spends a sixth of its load time rehashing).
+        let lines = text.bytes().filter(|&b| b == b'\n').count();
+        exact.reserve(lines, text.len() / 2);
+        Self {
+            file,
+            zone: RpzZone::default(),
+            errors: Vec::new(),
+            current_origin: zone_origin.clone().unwrap_or_default(),
+            zone_origin,
+            owner: String::new(),
+            family_index: Default::default(),
+            exact,
+            wildcard: NameTable::default(),
+            client: Default::default(),
+        }
+    }
+
+    /// An error at `line` (at most 100 are kept).
+    fn err(&mut self, line: u32, m: String) {
+        if self.errors.len() < 100 {
+            self.errors
+                .push(PolicyError::at(self.file, line as usize, m));
+        }
+    }
+
+    /// `$ORIGIN`, `$TTL`, `$INCLUDE`.
+    fn directive(&mut self, line: u32, tokens: &[&str]) -> Flow {
         if tokens[0].eq_ignore_ascii_case("$ORIGIN") {
             match tokens.get(1) {
                 Some(o) => {
-                    current_origin = absolute(o, &current_origin);
-                    if zone_origin.is_none() {
-                        zone_origin = Some(current_origin.clone());
+                    self.current_origin = absolute(o, &self.current_origin);
+                    if self.zone_origin.is_none() {
+                        self.zone_origin = Some(self.current_origin.clone());
                     }
                 }
-                None => err(line, "$ORIGIN needs a name".into(), &mut errors),
+                None => self.err(line, "$ORIGIN needs a name".into()),
             }
-            continue;
-        }
-        if tokens[0].eq_ignore_ascii_case("$INCLUDE") {
+        } else if tokens[0].eq_ignore_ascii_case("$INCLUDE") {
             // Followed by no RPZ implementation we serve beside; a feed is one file (or one
             // transfer), so an include is an error rather than silently missing triggers.
-            err(
+            self.err(
                 line,
                 "$INCLUDE is not supported: a feed is a single file (merge the included file into it)"
                     .into(),
-                &mut errors,
             );
-            continue;
         }
-        if tokens[0].starts_with('$') {
-            continue; // $TTL
-        }
+        Flow::Next // $TTL: nothing to do
+    }
+
+    /// One resource record.
+    fn record(&mut self, line: u32, blank_owner: bool, tokens: &[&str]) -> Flow {
         let mut t = tokens.iter().copied();
         if !blank_owner {
             let o = t.next().unwrap_or_default();
-            set_absolute(&mut owner, o, &current_origin);
+            set_absolute(&mut self.owner, o, &self.current_origin);
         }
         // [ttl] [class] | [class] [ttl]
         let Some(rtype) = t
             .by_ref()
             .find(|tok| !(tok.bytes().all(|b| b.is_ascii_digit()) || is_class(tok)))
         else {
-            err(line, "record without a type".into(), &mut errors);
-            continue;
+            self.err(line, "record without a type".into());
+            return Flow::Next;
         };
-        let first = t.next().unwrap_or("");
+        let data: Vec<&str> = t.collect();
         if rtype.eq_ignore_ascii_case("SOA") {
-            if zone_origin.is_none() {
-                if owner.is_empty() {
-                    // `@ SOA ...` with neither `$ORIGIN` nor a configured zone: every name
-                    // would be "outside the zone". Say what is missing, once.
-                    errors.push(PolicyError::at(file, line as usize, NO_ORIGIN));
-                    return Err(errors);
-                }
-                zone_origin = Some(owner.clone());
-            }
-            if current_origin.is_empty() {
-                current_origin = owner.clone();
-            }
-            match t.nth(1).and_then(|s| s.parse::<u32>().ok()) {
-                Some(serial) => zone.serial = serial,
-                None => err(line, "SOA without a serial".into(), &mut errors),
-            }
-            continue;
+            return self.soa(line, &data);
         }
-        let Some(origin) = zone_origin.as_deref() else {
-            errors.push(PolicyError::at(file, line as usize, NO_ORIGIN));
-            return Err(errors);
+        let Some(origin) = self.zone_origin.as_deref() else {
+            self.errors
+                .push(PolicyError::at(self.file, line as usize, NO_ORIGIN));
+            return Flow::Stop;
         };
-        let rel = if owner == origin {
-            ""
-        } else if let Some(r) = owner.strip_suffix(origin).and_then(|r| r.strip_suffix('.')) {
-            r
+        let rel = if self.owner == origin {
+            String::new()
+        } else if let Some(r) = self
+            .owner
+            .strip_suffix(origin)
+            .and_then(|r| r.strip_suffix('.'))
+        {
+            r.to_owned()
         } else {
-            err(
-                line,
-                format!("`{owner}` is outside the zone `{origin}`"),
-                &mut errors,
-            );
-            continue;
-        };
-        // TXT data: its character strings, unquoted and joined.
-        let txt = || -> Result<String, String> {
-            std::iter::once(first)
-                .chain(t.clone())
-                .map(unquote)
-                .collect::<Result<Vec<_>, _>>()
-                .map(|parts| parts.concat())
+            let m = format!("`{}` is outside the zone `{origin}`", self.owner);
+            self.err(line, m);
+            return Flow::Next;
         };
         if rel.is_empty() {
-            // Apex: SOA/NS are zone plumbing; a TXT family= names the whole zone's family.
-            if rtype.eq_ignore_ascii_case("TXT") {
-                match txt() {
-                    Ok(text) => {
-                        if let Some(f) = text.strip_prefix("family=") {
-                            zone.zone_family = Some(f.trim().into());
-                        }
-                    }
-                    Err(e) => err(line, format!("TXT: {e}"), &mut errors),
-                }
-            }
-            continue;
+            self.apex(line, rtype, &data);
+            return Flow::Next;
         }
-        let p: &mut Pending = if rel.ends_with(".rpz-client-ip") {
-            client
-                .entry(rel.to_owned())
-                .or_insert_with(|| Pending::new(line))
+        let slot = if rel.ends_with(".rpz-client-ip") {
+            Slot::Client
         } else if rel.ends_with(".rpz-ip")
             || rel.ends_with(".rpz-nsdname")
             || rel.ends_with(".rpz-nsip")
         {
-            zone.ignored += 1;
-            continue;
+            self.zone.ignored += 1;
+            return Flow::Next;
+        } else if rel.starts_with("*.") {
+            Slot::Wildcard
         } else {
-            let (table, name) = match rel.strip_prefix("*.") {
-                Some(base) => (&mut wildcard, base),
-                None => (&mut exact, rel),
-            };
-            if table.get(name.as_bytes()).is_none()
-                && let Err(e) = validate(name)
-            {
-                err(line, format!("trigger: {e}"), &mut errors);
-                continue;
-            }
-            match table.entry_or(name.as_bytes(), || Pending::new(line)) {
-                Some(p) => p,
-                None => continue,
-            }
+            Slot::Exact
         };
-        let errors_before = errors.len();
-        let mut local = |p: &mut Pending, r: LocalRecord| {
-            if p.local == u32::MAX {
-                p.local = zone.local.len() as u32;
-                zone.local.push(Vec::with_capacity(1));
+        self.trigger(line, slot, &rel, rtype, &data);
+        Flow::Next
+    }
+
+    /// The SOA: the zone's name when nothing named it yet, and its serial.
+    fn soa(&mut self, line: u32, data: &[&str]) -> Flow {
+        if self.zone_origin.is_none() {
+            if self.owner.is_empty() {
+                // `@ SOA ...` with neither `$ORIGIN` nor a configured zone: every name would be
+                // "outside the zone". Say what is missing, once.
+                self.errors
+                    .push(PolicyError::at(self.file, line as usize, NO_ORIGIN));
+                return Flow::Stop;
             }
-            if let Some(v) = zone.local.get_mut(p.local as usize) {
-                v.push(r);
+            self.zone_origin = Some(self.owner.clone());
+        }
+        if self.current_origin.is_empty() {
+            self.current_origin = self.owner.clone();
+        }
+        match data.get(2).and_then(|s| s.parse::<u32>().ok()) {
+            Some(serial) => self.zone.serial = serial,
+            None => self.err(line, "SOA without a serial".into()),
+        }
+        Flow::Next
+    }
+
+    /// A record at the apex: SOA/NS are zone plumbing; a TXT `family=` names the zone's family.
+    fn apex(&mut self, line: u32, rtype: &str, data: &[&str]) {
+        if rtype.eq_ignore_ascii_case("TXT") {
+            match txt(data) {
+                Ok(text) => {
+                    if let Some(f) = text.strip_prefix("family=") {
+                        self.zone.zone_family = Some(f.trim().into());
+                    }
+                }
+                Err(e) => self.err(line, format!("TXT: {e}")),
             }
-        };
-        match rtype.to_ascii_uppercase().as_str() {
+        }
+    }
+
+    /// A record at a trigger: its action, local data or family.
+    fn trigger(&mut self, line: u32, slot: Slot, rel: &str, rtype: &str, data: &[&str]) {
+        let first = data.first().copied().unwrap_or("");
+        // What the record says, decided before the trigger's entry is borrowed.
+        let what: Result<Option<Said>, String> = match rtype.to_ascii_uppercase().as_str() {
             "CNAME" => match first.to_ascii_lowercase().as_str() {
-                "." => p.action = Some(RpzAction::NxDomain),
-                "*." => p.action = Some(RpzAction::NoData),
-                "rpz-passthru." => p.action = Some(RpzAction::Passthru),
-                "rpz-drop." => p.action = Some(RpzAction::Drop),
-                "rpz-tcp-only." => p.action = Some(RpzAction::TcpOnly),
-                "" => err(line, "CNAME without a target".into(), &mut errors),
-                target => match normalise(&absolute(target, &current_origin)) {
-                    Ok(n) => local(p, LocalRecord::Cname(n.into())),
-                    Err(e) => err(line, format!("CNAME target: {e}"), &mut errors),
-                },
+                "." => Ok(Some(Said::Action(RpzAction::NxDomain))),
+                "*." => Ok(Some(Said::Action(RpzAction::NoData))),
+                "rpz-passthru." => Ok(Some(Said::Action(RpzAction::Passthru))),
+                "rpz-drop." => Ok(Some(Said::Action(RpzAction::Drop))),
+                "rpz-tcp-only." => Ok(Some(Said::Action(RpzAction::TcpOnly))),
+                "" => Err("CNAME without a target".into()),
+                target => normalise(&absolute(target, &self.current_origin))
+                    .map(|n| Some(Said::Local(LocalRecord::Cname(n.into()))))
+                    .map_err(|e| format!("CNAME target: {e}")),
             },
-            "A" => match first.parse() {
-                Ok(a) => local(p, LocalRecord::A(a)),
-                Err(_) => err(line, format!("bad IPv4 address `{first}`"), &mut errors),
-            },
-            "AAAA" => match first.parse() {
-                Ok(a) => local(p, LocalRecord::Aaaa(a)),
-                Err(_) => err(line, format!("bad IPv6 address `{first}`"), &mut errors),
-            },
-            "TXT" => {
-                let text = match txt() {
-                    Ok(text) => text,
-                    Err(e) => {
-                        err(line, format!("TXT: {e}"), &mut errors);
-                        p.broken = true;
-                        continue;
-                    }
-                };
-                match text.strip_prefix("family=") {
-                    Some(f) => {
-                        let f = f.trim();
-                        let next = zone.families.len() as u32;
-                        let i = *family_index.entry(f.to_owned()).or_insert(next);
-                        if i == next {
-                            zone.families.push(f.into());
-                        }
-                        p.family = i;
-                    }
-                    None => local(p, LocalRecord::Txt(text.into())),
+            "A" => first
+                .parse()
+                .map(|a| Some(Said::Local(LocalRecord::A(a))))
+                .map_err(|_| format!("bad IPv4 address `{first}`")),
+            "AAAA" => first
+                .parse()
+                .map(|a| Some(Said::Local(LocalRecord::Aaaa(a))))
+                .map_err(|_| format!("bad IPv6 address `{first}`")),
+            "TXT" => txt(data)
+                .map(|text| {
+                    Some(match text.strip_prefix("family=") {
+                        Some(f) => Said::Family(f.trim().to_owned()),
+                        None => Said::Local(LocalRecord::Txt(text.into())),
+                    })
+                })
+                .map_err(|e| format!("TXT: {e}")),
+            "NS" | "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "DS" => Ok(None),
+            other => Err(format!("unsupported RPZ record type {other}")),
+        };
+        let family = match &what {
+            Ok(Some(Said::Family(f))) => Some(self.family(f)),
+            _ => None,
+        };
+        let problem = {
+            let Some(p) = self.entry(line, slot, rel) else {
+                return;
+            };
+            match what {
+                Ok(Some(Said::Action(a))) => {
+                    p.action = Some(a);
+                    None
+                }
+                Ok(Some(Said::Local(r))) => Some(Ok((p.local, r))),
+                Ok(Some(Said::Family(_))) => {
+                    p.family = family.unwrap_or(u32::MAX);
+                    None
+                }
+                Ok(None) => None,
+                Err(m) => {
+                    p.broken = true;
+                    Some(Err(m))
                 }
             }
-            "NS" | "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "DS" => {}
-            other => err(
-                line,
-                format!("unsupported RPZ record type {other}"),
-                &mut errors,
-            ),
-        }
-        if errors.len() > errors_before {
-            p.broken = true;
+        };
+        match problem {
+            Some(Ok((local, r))) => {
+                let local = if local == u32::MAX {
+                    let i = self.zone.local.len() as u32;
+                    self.zone.local.push(Vec::with_capacity(1));
+                    if let Some(p) = self.entry(line, slot, rel) {
+                        p.local = i;
+                    }
+                    i
+                } else {
+                    local
+                };
+                if let Some(v) = self.zone.local.get_mut(local as usize) {
+                    v.push(r);
+                }
+            }
+            Some(Err(m)) => self.err(line, m),
+            None => {}
         }
     }
-    let Some(origin) = zone_origin else {
-        errors.push(PolicyError::at(
-            file,
-            0,
-            "no zone origin: add $ORIGIN or an SOA record",
-        ));
-        return Err(errors);
-    };
-    zone.origin = origin;
 
-    // Every trigger needs exactly one kind of answer.
-    let check = |name: &str, p: &Pending, errors: &mut Vec<PolicyError>| {
-        if p.broken {
-            return; // already reported
+    /// The interned index of a family name.
+    fn family(&mut self, f: &str) -> u32 {
+        let next = self.zone.families.len() as u32;
+        let i = *self.family_index.entry(f.to_owned()).or_insert(next);
+        if i == next {
+            self.zone.families.push(f.into());
         }
-        match (p.action, p.local != u32::MAX) {
-            (Some(_), true) => err(
-                p.line,
-                format!("`{name}` mixes a policy action with local data"),
-                errors,
-            ),
-            (None, false) if p.family == u32::MAX => {
-                err(p.line, format!("`{name}` has no action"), errors)
+        i
+    }
+
+    /// The pending entry of a trigger, created at its first record (`None` for an invalid
+    /// name, reported).
+    fn entry(&mut self, line: u32, slot: Slot, rel: &str) -> Option<&mut Pending> {
+        let (table, name) = match slot {
+            Slot::Client => {
+                return Some(
+                    self.client
+                        .entry(rel.to_owned())
+                        .or_insert_with(|| Pending::new(line)),
+                );
             }
-            _ => {}
-        }
-    };
-    for (name, p) in exact.iter().chain(wildcard.iter()) {
-        check(&String::from_utf8_lossy(name), p, &mut errors);
-    }
-    for (name, p) in &client {
-        check(name, p, &mut errors);
-        match client_ip_trigger(name.trim_end_matches(".rpz-client-ip")) {
-            Ok(net) => {
-                zone.client_ip.insert(net, to_rule(*p));
+            Slot::Wildcard => (&mut self.wildcard, rel.strip_prefix("*.").unwrap_or(rel)),
+            Slot::Exact => (&mut self.exact, rel),
+        };
+        if table.get(name.as_bytes()).is_none()
+            && let Err(e) = validate(name)
+        {
+            if self.errors.len() < 100 {
+                self.errors.push(PolicyError::at(
+                    self.file,
+                    line as usize,
+                    format!("trigger: {e}"),
+                ));
             }
-            Err(e) => err(
-                p.line,
-                format!("rpz-client-ip trigger `{name}`: {e}"),
-                &mut errors,
-            ),
+            return None;
         }
+        table.entry_or(name.as_bytes(), || Pending::new(line))
     }
-    if !errors.is_empty() {
-        return Err(errors);
+
+    /// Every trigger checked, the tables compiled.
+    fn finish(mut self) -> Result<RpzZone, Vec<PolicyError>> {
+        let Some(origin) = self.zone_origin.take() else {
+            self.errors.push(PolicyError::at(
+                self.file,
+                0,
+                "no zone origin: add $ORIGIN or an SOA record",
+            ));
+            return Err(self.errors);
+        };
+        self.zone.origin = origin;
+        // Every trigger needs exactly one kind of answer.
+        let mut problems = Vec::new();
+        let mut check = |name: &str, p: &Pending| {
+            if p.broken {
+                return; // already reported
+            }
+            match (p.action, p.local != u32::MAX) {
+                (Some(_), true) => problems.push((
+                    p.line,
+                    format!("`{name}` mixes a policy action with local data"),
+                )),
+                (None, false) if p.family == u32::MAX => {
+                    problems.push((p.line, format!("`{name}` has no action")))
+                }
+                _ => {}
+            }
+        };
+        for (name, p) in self.exact.iter().chain(self.wildcard.iter()) {
+            check(&String::from_utf8_lossy(name), p);
+        }
+        let client = std::mem::take(&mut self.client);
+        let mut bad_ips = Vec::new();
+        for (name, p) in &client {
+            check(name, p);
+            match client_ip_trigger(name.trim_end_matches(".rpz-client-ip")) {
+                Ok(net) => {
+                    self.zone.client_ip.insert(net, to_rule(*p));
+                }
+                Err(e) => bad_ips.push((p.line, format!("rpz-client-ip trigger `{name}`: {e}"))),
+            }
+        }
+        for (line, m) in problems.into_iter().chain(bad_ips) {
+            self.err(line, m);
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        // Entries with only a family and no action are metadata, never matched.
+        let mut zone = self.zone;
+        zone.exact = self.exact.map_values(to_rule);
+        zone.wildcard = self.wildcard.map_values(to_rule);
+        zone.exact.shrink_to_fit();
+        zone.wildcard.shrink_to_fit();
+        zone.local.shrink_to_fit();
+        Ok(zone)
     }
-    // Entries with only a family and no action are metadata, never matched.
-    zone.exact = exact.map_values(to_rule);
-    zone.wildcard = wildcard.map_values(to_rule);
-    zone.exact.shrink_to_fit();
-    zone.wildcard.shrink_to_fit();
-    zone.local.shrink_to_fit();
-    Ok(zone)
+}
+
+/// What one record at a trigger says.
+enum Said {
+    Action(RpzAction),
+    Local(LocalRecord),
+    Family(String),
+}
+
+/// TXT data: its character strings, unquoted and joined.
+fn txt(data: &[&str]) -> Result<String, String> {
+    data.iter()
+        .map(|t| unquote(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|parts| parts.concat())
 }
 
 /// The "action" of an owner that only carries metadata (a `TXT "family=..."` without a
