@@ -44,6 +44,9 @@ pub const CONNECTIONS_OPEN: &str = "cleanpipe_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "cleanpipe_connections_refused_total";
 /// Idle connections closed to make room for new ones, by `transport`.
 pub const CONNECTIONS_EVICTED: &str = "cleanpipe_connections_evicted_total";
+/// Botnet-feed lookups over UDP without a proven source (no valid DNS cookie): answered TC=1,
+/// nobody flagged until the client asks over TCP.
+pub const UNPROVEN_LOOKUPS: &str = "cleanpipe_botnet_lookups_unproven_total";
 /// Organisation alerts opened.
 pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
 /// Organisation alerts resolved by an operator.
@@ -80,6 +83,10 @@ pub fn describe() {
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
+    metrics::describe_counter!(
+        UNPROVEN_LOOKUPS,
+        "Botnet-feed lookups over UDP without a proven source, answered TC=1 and not flagged"
+    );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by transport");
     metrics::describe_counter!(
         CONNECTIONS_REFUSED,

@@ -104,6 +104,9 @@ pub async fn serve(
         tokio::runtime::Handle::current(),
     )?);
     let mut handler = Pipeline::new(store.clone(), resolver.clone());
+    if let Some(key) = config.listen.cookie_key() {
+        handler = handler.with_cookie_secret(key);
+    }
     if config.feeds.iter().any(|f| f.botnet) {
         handler = handler.with_detector(crate::detect::Detector::spawn(
             store.clone(),

@@ -314,8 +314,8 @@ pub enum Owner<'n> {
 pub struct OptOut<'t> {
     /// Extended DNS Error: info code and text.
     pub ede: Option<(u16, Cow<'t, str>)>,
-    /// A whole cookie option (client cookie + server cookie) to return.
-    pub cookie: Option<&'t [u8]>,
+    /// The cookie option to return: client cookie and server cookie.
+    pub cookie: Option<[u8; 24]>,
 }
 
 impl<'o> Response<'o> {
@@ -432,7 +432,7 @@ fn opt_record(e: Edns, rcode_high: u8, opt: &OptOut<'_>) -> Vec<u8> {
     o.push(0); // version
     o.extend_from_slice(&(if e.dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
     let mut data = Vec::new();
-    if let Some(c) = opt.cookie {
+    if let Some(c) = &opt.cookie {
         data.extend_from_slice(&OPT_COOKIE.to_be_bytes());
         data.extend_from_slice(&(c.len() as u16).to_be_bytes());
         data.extend_from_slice(c);

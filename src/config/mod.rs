@@ -361,6 +361,26 @@ pub struct ListenConfig {
     /// Queries answered at once on one TCP connection (pipelining); more wait. Default: 32.
     #[serde(default = "default_tcp_pipeline")]
     pub tcp_pipeline: usize,
+    /// Secret keying DNS cookies (32 hex digits). Instances answering the same clients (a
+    /// fleet behind anycast or a load balancer) must share it; else a random one per start.
+    /// Default: random.
+    #[serde(default)]
+    pub cookie_secret: Option<String>,
+}
+
+impl ListenConfig {
+    /// The cookie secret as bytes, if one is configured (validated at load).
+    pub fn cookie_key(&self) -> Option<[u8; 16]> {
+        let hex = self.cookie_secret.as_deref()?.trim();
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(key)
+    }
 }
 
 fn default_tcp_max() -> usize {
@@ -659,6 +679,7 @@ impl Default for ListenConfig {
             tcp_max_connections: default_tcp_max(),
             tcp_connections_per_client: default_tcp_per_client(),
             tcp_pipeline: default_tcp_pipeline(),
+            cookie_secret: None,
         }
     }
 }
@@ -805,6 +826,11 @@ impl Config {
         };
         if self.listen.dns.is_empty() {
             return Err(invalid("listen.dns: at least one address is needed".into()));
+        }
+        if self.listen.cookie_secret.is_some() && self.listen.cookie_key().is_none() {
+            return Err(invalid(
+                "listen.cookie_secret: 32 hexadecimal digits (16 bytes) are needed".into(),
+            ));
         }
         if self.resolver.mode == ResolverMode::Forward && self.resolver.forward.is_empty() {
             return Err(invalid(

@@ -25,10 +25,10 @@
 //! served). A blocked or refused query never reaches a backend.
 
 pub mod batch;
+pub mod cookie;
 pub mod listen;
 pub mod tcp;
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -118,7 +118,7 @@ pub struct Pending {
     wire: Vec<u8>,
     transport: Transport,
     work: Work,
-    ede: Option<(u16, Cow<'static, str>)>,
+    opt: OptOut<'static>,
 }
 
 #[derive(Debug)]
@@ -145,6 +145,7 @@ pub struct Pipeline {
     detector: Option<crate::detect::Detector>,
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
+    cookies: cookie::Cookies,
     counters: Counters,
 }
 
@@ -203,8 +204,15 @@ impl Pipeline {
             detector: None,
             notifier: None,
             alerts: None,
+            cookies: cookie::Cookies::new(None),
             counters: Counters::new(),
         }
+    }
+
+    /// Keys DNS cookies with a shared secret (instances of a fleet answering the same clients).
+    pub fn with_cookie_secret(mut self, secret: [u8; 16]) -> Self {
+        self.cookies = cookie::Cookies::new(Some(secret));
+        self
     }
 
     /// Records DNS sightings of hosts with an open organisation alert.
@@ -250,17 +258,32 @@ impl Pipeline {
         if q.opcode == wire::opcode::NOTIFY {
             return self.notify(&q, client, out);
         }
+        let limit = client.transport.limit(&q);
+        // DNS cookies: over UDP a valid server cookie proves the source address, as the
+        // handshake does over TCP.
+        let cookie = q.edns.and_then(|e| e.cookie).map(|c| {
+            self.cookies.check(
+                &q.wire[c.at..c.at + c.len],
+                client.addr.ip(),
+                now.unix as u32,
+            )
+        });
+        let proven = client.transport != Transport::Udp || cookie.is_some_and(|c| c.proven);
+        let mut o = OptOut {
+            ede: None,
+            cookie: cookie.map(|c| c.reply),
+        };
         if q.qclass != 1 {
             bad_request("class");
-            return answer_rcode(&q, client, rcode::REFUSED, None, out);
+            return answer_rcode(&q, limit, rcode::REFUSED, &o, out);
         }
         if matches!(q.qtype, 251 | 252) {
             bad_request("transfer"); // IXFR, AXFR: cleanpipe serves no zones
-            return answer_rcode(&q, client, rcode::REFUSED, None, out);
+            return answer_rcode(&q, limit, rcode::REFUSED, &o, out);
         }
         let Some(qname) = QName::from_labels(q.labels()) else {
             bad_request("malformed");
-            return answer_rcode(&q, client, rcode::FORMERR, None, out);
+            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
         };
         let qtype = RecordType::from(q.qtype);
         let question = Question { name: qname, qtype };
@@ -269,8 +292,19 @@ impl Pipeline {
         let snap = &current.snapshot;
         let view = current.client(client.addr.ip());
         let decision = decide(snap, &view, &question, now.unix);
+        o.ede = decision.reason.ede_for(snap);
+        // A lookup that flags the client (a botnet feed's name) needs a proven source: over
+        // UDP without a valid cookie, TC=1 sends the client to TCP, and nobody is flagged on
+        // the word of a packet whose source may be forged.
+        if !proven && flags_client(snap, &decision) {
+            self.counters.decision(&decision);
+            metrics::counter!(crate::metrics::UNPROVEN_LOOKUPS).increment(1);
+            let mut r = Response::new(out, &q, rcode::NOERROR);
+            r.bytes_mut()[2] |= 0x02;
+            r.finish(&q, limit, &o);
+            return Step::Answered;
+        }
         self.record(snap, &decision, &view, &question, client);
-        let ede = decision.reason.ede_for(snap);
 
         match decision.action {
             Action::Resolve | Action::Alert => {}
@@ -279,12 +313,12 @@ impl Pipeline {
                 // RPZ TCP-only: an empty reply with TC=1; the client asks again over TCP.
                 let mut r = Response::new(out, &q, rcode::NOERROR);
                 r.bytes_mut()[2] |= 0x02;
-                r.finish(&q, client.transport.limit(&q), &opt(ede));
+                r.finish(&q, limit, &o);
                 return Step::Answered;
             }
-            Action::Refuse => return answer_rcode(&q, client, rcode::REFUSED, ede, out),
-            Action::NxDomain => return answer_rcode(&q, client, rcode::NXDOMAIN, ede, out),
-            Action::NoData => return answer_rcode(&q, client, rcode::NOERROR, ede, out),
+            Action::Refuse => return answer_rcode(&q, limit, rcode::REFUSED, &o, out),
+            Action::NxDomain => return answer_rcode(&q, limit, rcode::NXDOMAIN, &o, out),
+            Action::NoData => return answer_rcode(&q, limit, rcode::NOERROR, &o, out),
             Action::Drop => return Step::Silent,
             Action::Sinkhole(page) => {
                 let sh = &snap.sinkhole;
@@ -302,7 +336,7 @@ impl Pipeline {
                         .for_each(|a| r.answer(Owner::Question, 28, sh.ttl, &a.octets())),
                     _ => {}
                 }
-                r.finish(&q, client.transport.limit(&q), &opt(ede));
+                r.finish(&q, limit, &o);
                 return Step::Answered;
             }
             Action::LocalData { feed, data } => {
@@ -312,8 +346,8 @@ impl Pipeline {
                     .and_then(|f| f.zone.local.get(data as usize))
                     .map_or(&[][..], |v| v.as_slice());
                 let ttl = snap.sinkhole.ttl;
-                if let Some(target) = local_answer(&q, qtype, local, ttl, client, &ede, out) {
-                    return self.pending(&q, client, Work::Alias { target, qtype, ttl }, ede);
+                if let Some(target) = local_answer(&q, qtype, local, ttl, limit, &o, out) {
+                    return self.pending(&q, client, Work::Alias { target, qtype, ttl }, o);
                 }
                 return Step::Answered;
             }
@@ -325,9 +359,9 @@ impl Pipeline {
                 return match target {
                     Some(target) => {
                         let ttl = snap.sinkhole.ttl;
-                        self.pending(&q, client, Work::Alias { target, qtype, ttl }, ede)
+                        self.pending(&q, client, Work::Alias { target, qtype, ttl }, o)
                     }
-                    None => answer_rcode(&q, client, rcode::SERVFAIL, ede, out),
+                    None => answer_rcode(&q, limit, rcode::SERVFAIL, &o, out),
                 };
             }
         }
@@ -335,33 +369,26 @@ impl Pipeline {
 
         // Resolve: the one cache probe.
         let Some(key) = Key::from_wire(q.qname(), q.qtype, 0) else {
-            return answer_rcode(&q, client, rcode::FORMERR, None, out);
+            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
         };
         if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
             self.counters.cache_hits.increment(1);
-            hit.reply(out, &q, now.instant)
-                .finish(&q, client.transport.limit(&q), &opt(ede));
+            hit.reply(out, &q, now.instant).finish(&q, limit, &o);
             return Step::Answered;
         }
         let Ok(name) = Name::from_labels(q.labels()) else {
-            return answer_rcode(&q, client, rcode::FORMERR, None, out);
+            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
         };
         let key = Box::new(key);
-        self.pending(&q, client, Work::Resolve { key, name, qtype }, ede)
+        self.pending(&q, client, Work::Resolve { key, name, qtype }, o)
     }
 
-    fn pending(
-        &self,
-        q: &Query<'_>,
-        client: Client,
-        work: Work,
-        ede: Option<(u16, Cow<'static, str>)>,
-    ) -> Step {
+    fn pending(&self, q: &Query<'_>, client: Client, work: Work, opt: OptOut<'static>) -> Step {
         Step::Pending(Box::new(Pending {
             wire: q.wire.to_vec(),
             transport: client.transport,
             work,
-            ede,
+            opt,
         }))
     }
 
@@ -374,7 +401,7 @@ impl Pipeline {
             return false; // parsed once already; cannot fail
         };
         let limit = p.transport.limit(&q);
-        let opt = opt(p.ede);
+        let opt = p.opt;
         match p.work {
             Work::Resolve { key, name, qtype } => {
                 match self.resolver.fetch(&key, &name, qtype).await {
@@ -483,20 +510,21 @@ impl Pipeline {
     }
 }
 
-/// The OPT contents for an EDE.
-fn opt(ede: Option<(u16, Cow<'static, str>)>) -> OptOut<'static> {
-    OptOut { ede, cookie: None }
+/// True when the decision would flag the client infected (a botnet feed's name or client
+/// trigger): such a decision needs a proven source address.
+fn flags_client(snap: &crate::policy::Snapshot, d: &Decision) -> bool {
+    matches!(d.reason, Reason::ThreatFeed { feed, .. } if snap.feeds.get(feed as usize).is_some_and(|f| f.botnet))
 }
 
 /// A reply with no records and `code`.
 fn answer_rcode(
     q: &Query<'_>,
-    client: Client,
+    limit: usize,
     code: u16,
-    ede: Option<(u16, Cow<'static, str>)>,
+    opt: &OptOut<'_>,
     out: &mut Vec<u8>,
 ) -> Step {
-    Response::new(out, q, code).finish(q, client.transport.limit(q), &opt(ede));
+    Response::new(out, q, code).finish(q, limit, opt);
     Step::Answered
 }
 
@@ -507,8 +535,8 @@ fn local_answer(
     qtype: RecordType,
     local: &[LocalRecord],
     ttl: u32,
-    client: Client,
-    ede: &Option<(u16, Cow<'static, str>)>,
+    limit: usize,
+    opt: &OptOut<'_>,
     out: &mut Vec<u8>,
 ) -> Option<Name> {
     let mut r = Response::new(out, q, rcode::NOERROR);
@@ -537,7 +565,7 @@ fn local_answer(
             return cname;
         }
     }
-    r.finish(q, client.transport.limit(q), &opt(ede.clone()));
+    r.finish(q, limit, opt);
     None
 }
 

@@ -285,7 +285,29 @@ fn botnet_lookup_quarantines_the_subscriber() {
 fn botnet_lookup_inside_whitelisted_organisation_alerts_instead() {
     let (_up, cp) = setup(4);
     let c = ip("127.0.3.7");
+    // Over UDP without a cookie the lookup is not proven: TC=1, the client asks over TCP.
     let m = query(cp.dns, c, "panel.evil.example.", RecordType::A);
+    assert!(
+        m.metadata.truncation,
+        "unproven UDP lookup of a botnet name: TC"
+    );
+    let m = hickory_proto::op::Message::from_vec(
+        &support::tcp_exchange(
+            cp.dns,
+            c,
+            &m.queries
+                .first()
+                .map(|q| {
+                    let mut m = hickory_proto::op::Message::query();
+                    m.add_query(q.clone());
+                    m.to_vec().expect("query")
+                })
+                .expect("question"),
+            Duration::from_secs(3),
+        )
+        .expect("TCP answer"),
+    )
+    .expect("valid");
     assert_eq!(
         m.metadata.response_code,
         ResponseCode::NXDomain,

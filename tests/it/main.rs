@@ -6,6 +6,7 @@ mod alerts;
 mod allowlists;
 mod differential;
 mod feeds;
+mod hardening;
 mod page;
 mod policy;
 mod recursion;

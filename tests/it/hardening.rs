@@ -1,0 +1,196 @@
+//! Attacks from the access network (all on loopback): forged source addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::support::{self, Cleanpipe};
+
+const BOTNET: &str = "$ORIGIN botnet.rpz.example.
+@ 300 SOA ns.rpz.example. hostmaster.rpz.example. 7 3600 600 86400 300
+c2.evil.example       CNAME .
+c2.evil.example       TXT \"family=Emotet\"
+";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn botnet_instance() -> (support::AuthServer, Cleanpipe) {
+    let zone = support::Zone::parse(
+        "feed.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.10\n",
+    );
+    let up = support::start_server("127.0.89.1", 5354, vec![zone]);
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.89.1\n      port: 5354",
+        "feeds:\n  - name: cert-botnet\n    file: policy/botnet.rpz\n    botnet: true\n",
+        &[("botnet.rpz", BOTNET)],
+    );
+    (up, cp)
+}
+
+/// A UDP datagram with any source address, sent through a raw socket (root only): what a
+/// subscriber's infected machine can do when the access network does not filter sources.
+fn forged_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let total = 20 + 8 + payload.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    p.extend_from_slice(&src.port().to_be_bytes());
+    p.extend_from_slice(&dst.port().to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    p.extend_from_slice(payload);
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )?;
+    sock.set_header_included_v4(true)?;
+    sock.send_to(&p, &SocketAddr::new(IpAddr::V4(d), 0).into())?;
+    Ok(())
+}
+
+fn query_bytes(name: &str) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = rand_id();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    m.to_vec().expect("query")
+}
+
+fn rand_id() -> u16 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos() as u16)
+}
+
+fn reason(cp: &Cleanpipe, client: &str) -> String {
+    cp.admin(
+        "GET",
+        &format!("/v1/explain?client={client}&name=www.feed.example"),
+        None,
+    )
+    .1["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// 200 botnet lookups with forged source addresses quarantine nobody; a real client that
+/// retries over TCP (dig) is flagged; so is one that proves itself with a DNS cookie.
+#[test]
+fn forged_packets_never_flag_anyone_real_clients_still_are() {
+    let (_up, cp) = botnet_instance();
+    let mut sent = 0;
+    for i in 1..=200u8 {
+        let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 88, i)), 40_000);
+        match forged_udp(src, cp.dns, &query_bytes("c2.evil.example.")) {
+            Ok(()) => sent += 1,
+            Err(e) if std::env::var_os("CLEANPIPE_REQUIRE_PORT53").is_none() => {
+                eprintln!("SKIPPED: raw sockets need root ({e})");
+                return;
+            }
+            Err(e) => panic!("raw socket: {e}"),
+        }
+    }
+    assert_eq!(sent, 200);
+    let counted = support::within(Duration::from_secs(3), || {
+        cp.metric("cleanpipe_botnet_lookups_unproven_total", &[])
+            .is_some_and(|n| n >= 200.0)
+    });
+    assert!(
+        counted.is_some(),
+        "the forged lookups arrived and were not proven"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for i in [1u8, 50, 100, 200] {
+        assert_eq!(
+            reason(&cp, &format!("127.0.88.{i}")),
+            "normal",
+            "127.0.88.{i} must not be flagged by a forged packet"
+        );
+    }
+    assert!(
+        cp.metric("cleanpipe_botnet_detections_total", &[])
+            .is_none(),
+        "no detection recorded"
+    );
+
+    // A real stub: UDP gets TC=1, the retry over TCP proves the address.
+    let d = support::dig(
+        cp.dns,
+        Some(ip("127.0.88.201")),
+        "c2.evil.example",
+        "A",
+        &[],
+    );
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    assert!(d.text.contains("retrying in TCP mode"), "{}", d.text);
+    assert!(
+        support::within(Duration::from_secs(3), || reason(&cp, "127.0.88.201")
+            == "quarantined")
+        .is_some(),
+        "a real client is still flagged"
+    );
+
+    // A stub with DNS cookies proves itself over UDP: its first answer carries our cookie,
+    // the second query returns it and is answered without TC.
+    let client = ip("127.0.88.202");
+    let first = support::dig(cp.dns, Some(client), "www.feed.example", "A", &["+cookie"]);
+    let cookie = first
+        .text
+        .split("; COOKIE: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("dig shows the cookie")
+        .to_owned();
+    assert_eq!(
+        cookie.len(),
+        48,
+        "client (8) and server (16) cookie: {}",
+        first.text
+    );
+    let second = support::dig(
+        cp.dns,
+        Some(client),
+        "c2.evil.example",
+        "A",
+        &[&format!("+cookie={cookie}"), "+ignore"],
+    );
+    assert_eq!(second.status, "NXDOMAIN", "{}", second.text);
+    assert!(
+        !second.text.contains(" tc"),
+        "proven: no TC: {}",
+        second.text
+    );
+    assert!(
+        support::within(Duration::from_secs(3), || reason(&cp, "127.0.88.202")
+            == "quarantined")
+        .is_some(),
+        "a client proven by its cookie is flagged"
+    );
+}
