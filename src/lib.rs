@@ -13,6 +13,7 @@
 //! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
+//! - [`net`]: connection limits shared by every stream listener (DNS over TCP, HTTP).
 //! - [`wire`]: DNS wire format: a query read once, replies written with OPT, EDE and TC.
 //! - [`dns`]: the one request path (parse → identify → decide → answer → encode) and the
 //!   UDP and TCP transports that feed it.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod detect;
 pub mod dns;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod resolve;
 pub mod server;

@@ -84,35 +84,11 @@ pub async fn serve(
     for w in warnings(&config) {
         tracing::warn!("{w}");
     }
-    let state_path = config.state.path.clone();
-    let state = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&state_path))
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()))??,
-    );
-    let cfg = config.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            let saved = crate::xfr::load_saved(&cfg);
-            PolicyStore::open(&cfg, state, saved)
-        })
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))??,
-    );
+    let store = open_policy(&config).await?;
     let resolver = Arc::new(Resolver::from_config(
         &config,
         tokio::runtime::Handle::current(),
     )?);
-    let mut handler = Pipeline::new(store.clone(), resolver.clone());
-    if let Some(key) = config.listen.cookie_key() {
-        handler = handler.with_cookie_secret(key);
-    }
-    if config.feeds.iter().any(|f| f.botnet) {
-        handler = handler.with_detector(crate::detect::Detector::spawn(
-            store.clone(),
-            &config.detection,
-        ));
-    }
     let engine = Arc::new(
         crate::alerts::AlertEngine::new(
             store.clone(),
@@ -122,71 +98,51 @@ pub async fn serve(
         .map_err(|e| ServeError::Task(format!("alert delivery client: {e}")))?,
     );
     let alert_task = tokio::spawn(engine.clone().run());
-    handler = handler.with_alerts(engine.clone());
-    let notifier = crate::xfr::spawn(store.clone(), config.state.feeds_dir())
-        .map_err(|e| ServeError::Task(e.to_string()))?;
-    if !notifier.is_empty() {
-        handler = handler.with_notifier(notifier);
-    }
-    let inflight = handler.inflight();
-    let listeners = Listeners::start(&config.listen, handler)?;
+    let pipeline = pipeline(&config, &store, &resolver, &engine)?;
+    let inflight = pipeline.inflight();
+    let listeners = Listeners::start(&config.listen, pipeline)?;
 
     let ready = Arc::new(AtomicBool::new(false));
-    let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = match config.admin.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Admin { addr, source })?;
-            let token = config.admin_token().map(Arc::from);
-            if token.is_none() {
-                tracing::warn!("no admin token configured: every admin API call will be refused");
-            }
-            let app = router(AdminState {
-                store: store.clone(),
-                token,
-                ready: ready.clone(),
-                metrics,
-                alerts: Some(engine.clone()),
-            });
-            Some(tokio::spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = admin_stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "admin API stopped");
-                }
-            }))
+    let (http_stop, _) = tokio::sync::watch::channel(false);
+    let mut http_tasks = Vec::new();
+    if let Some(addr) = config.admin.listen {
+        let app = router(AdminState {
+            store: store.clone(),
+            token: config.admin_token().map(Arc::from),
+            ready: ready.clone(),
+            metrics,
+            alerts: Some(engine.clone()),
+        });
+        if config.admin_token().is_none() {
+            tracing::warn!("no admin token configured: every admin API call will be refused");
         }
-        None => None,
-    };
-
+        let limits = http_limits(config.admin.max_connections, &config, "admin", 30);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Admin { addr, source })?;
+        http_tasks.push(tokio::spawn(crate::web::http::serve(
+            listener,
+            app,
+            limits,
+            http_stop.subscribe(),
+        )));
+    }
     let content = match &config.web.content_dir {
         Some(dir) => crate::web::content::Content::from_dir(dir)?,
         None => crate::web::content::Content::builtin()?,
     };
     let pages = crate::web::page::PageState::new(store.clone(), content, config.web.clone());
-    let (web_stop, _) = tokio::sync::watch::channel(false);
-    let mut web_tasks = Vec::new();
+    let limits = http_limits(config.web.max_connections, &config, "page", 10);
     for &addr in &config.web.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Web { addr, source })?;
-        let app = crate::web::page::router(pages.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let mut stop = web_stop.subscribe();
-        web_tasks.push(tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "cleanup page stopped");
-            }
-        }));
+        http_tasks.push(tokio::spawn(crate::web::http::serve(
+            listener,
+            crate::web::page::router(pages.clone()),
+            limits.clone(),
+            http_stop.subscribe(),
+        )));
     }
 
     let watcher = crate::watch::watch(
@@ -206,8 +162,11 @@ pub async fn serve(
     );
 
     shutdown.await;
+    // Everything stops at once and within DRAIN, whatever clients do: the HTTP listeners close
+    // their connections (at most about 2 s) while DNS answers the queries in flight.
     tracing::info!("shutting down: answering in-flight queries");
     ready.store(false, Ordering::Release);
+    let _ = http_stop.send(true);
     drop(watcher);
     let started = Instant::now();
     while inflight.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN {
@@ -216,15 +175,72 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || listeners.stop())
         .await
         .map_err(|e| ServeError::Task(e.to_string()))?;
-    let _ = admin_stop.send(());
-    let _ = web_stop.send(true);
-    for t in web_tasks {
-        let _ = t.await;
-    }
-    if let Some(t) = admin_task {
+    for t in http_tasks {
         let _ = t.await;
     }
     alert_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The state database and the first policy snapshot (with the saved copies of transferred
+/// feeds), loaded before anything is served.
+async fn open_policy(config: &Config) -> Result<Arc<PolicyStore>, ServeError> {
+    let state_path = config.state.path.clone();
+    let state: Arc<dyn crate::state::StateStore> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&state_path))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??,
+    );
+    let cfg = config.clone();
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || {
+            let saved = crate::xfr::load_saved(&cfg);
+            PolicyStore::open(&cfg, state, saved)
+        })
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??,
+    ))
+}
+
+/// The request path with what it records into: detection, alert sightings, NOTIFY.
+fn pipeline(
+    config: &Config,
+    store: &Arc<PolicyStore>,
+    resolver: &Arc<Resolver>,
+    engine: &Arc<crate::alerts::AlertEngine>,
+) -> Result<Pipeline, ServeError> {
+    let mut p = Pipeline::new(store.clone(), resolver.clone()).with_alerts(engine.clone());
+    if let Some(key) = config.listen.cookie_key() {
+        p = p.with_cookie_secret(key);
+    }
+    if config.feeds.iter().any(|f| f.botnet) {
+        p = p.with_detector(crate::detect::Detector::spawn(
+            store.clone(),
+            &config.detection,
+        ));
+    }
+    let notifier = crate::xfr::spawn(store.clone(), config.state.feeds_dir())
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    if !notifier.is_empty() {
+        p = p.with_notifier(notifier);
+    }
+    Ok(p)
+}
+
+/// The limits of an HTTP listener (`label` names it in metrics).
+fn http_limits(
+    total: usize,
+    config: &Config,
+    label: &'static str,
+    request_secs: u64,
+) -> crate::web::http::HttpLimits {
+    let idle = Duration::from_secs(config.web.header_timeout_secs.max(1));
+    crate::web::http::HttpLimits {
+        conns: crate::net::Connections::new(
+            crate::net::Limits::http(total, config.web.connections_per_client, idle),
+            label,
+        ),
+        request_timeout: Duration::from_secs(request_secs),
+    }
 }

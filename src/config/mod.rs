@@ -294,6 +294,27 @@ pub struct WebConfig {
     /// texts (copy `web/` from the repository to start). Default: the built-in texts.
     #[serde(default)]
     pub content_dir: Option<PathBuf>,
+    /// Open connections to the page in all (also capped at an eighth of the open-file limit).
+    /// Default: 1024.
+    #[serde(default = "default_web_max_conns")]
+    pub max_connections: usize,
+    /// Open connections to the page per client address (IPv6: per /64). Default: 16.
+    #[serde(default = "default_web_per_client")]
+    pub connections_per_client: usize,
+    /// Seconds a client has to send a request's headers (also the idle time allowed between
+    /// requests on one connection). Default: 10.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+}
+
+fn default_web_max_conns() -> usize {
+    1024
+}
+fn default_web_per_client() -> usize {
+    16
+}
+fn default_header_timeout() -> u64 {
+    10
 }
 
 fn default_web_listen() -> Vec<SocketAddr> {
@@ -329,6 +350,9 @@ impl Default for WebConfig {
             portal_url: None,
             self_release_hours: default_release_hours(),
             self_release_max: default_release_max(),
+            max_connections: default_web_max_conns(),
+            connections_per_client: default_web_per_client(),
+            header_timeout_secs: default_header_timeout(),
             content_dir: None,
         }
     }
@@ -539,6 +563,14 @@ pub struct AdminConfig {
     /// used; with neither, every call is refused with 401.
     #[serde(default)]
     pub token: Option<String>,
+    /// Open connections to the API in all; per client at most 16, headers within
+    /// `web.header_timeout_secs`. Default: 64.
+    #[serde(default = "default_admin_max_conns")]
+    pub max_connections: usize,
+}
+
+fn default_admin_max_conns() -> usize {
+    64
 }
 
 /// `state:` — durable runtime state.
@@ -742,6 +774,7 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             token: None,
+            max_connections: default_admin_max_conns(),
         }
     }
 }

@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use super::tcp::{Connections, Limits};
 use super::{Client, Now, Pipeline, Step, Transport};
 use crate::config::ListenConfig;
+use crate::net::{Connections, Limits};
 
 /// A failure to start listening.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +179,7 @@ impl Listeners {
         }
         let (stop, stop_rx) = watch::channel(false);
         let pipeline = Arc::new(pipeline);
-        let conns = Connections::new(Limits::from_config(config), "tcp");
+        let conns = Connections::new(Limits::dns_tcp(config), "tcp");
         let mut handles = Vec::new();
         for (i, sockets) in per_thread.into_iter().enumerate() {
             let (pipeline, conns, stop_rx) = (pipeline.clone(), conns.clone(), stop_rx.clone());

@@ -194,3 +194,100 @@ fn forged_packets_never_flag_anyone_real_clients_still_are() {
         "a client proven by its cookie is flagged"
     );
 }
+
+/// Half-sent HTTP requests (the slowloris attack) against the cleanup page, which faces the
+/// infected machines: they are cut off after the header timeout, one client gets only its
+/// share, other visitors and the health check are served, and SIGTERM still ends the process
+/// within the promised 5 s.
+#[test]
+fn half_sent_http_requests_cannot_exhaust_the_page_or_the_admin_api() {
+    use std::io::{Read, Write};
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.89.250\n      port: 5354",
+        "",
+        &[],
+    );
+    cp.edit_config(|c| {
+        c.replace(
+            "  isp_name: Example ISP\n",
+            "  isp_name: Example ISP\n  header_timeout_secs: 1\n  connections_per_client: 8\n",
+        )
+    });
+    cp.nofile = Some(512); // the page may hold 64 connections
+    cp.spawn();
+    let half_sent = |addr: SocketAddr, from: IpAddr| -> Option<std::net::TcpStream> {
+        let mut s = support::tcp_connect(addr, from).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: page\r\nX-Slow: ")
+            .ok()?;
+        Some(s)
+    };
+    // One client, 30 half-sent requests: its share (8) is held, the rest closed at once.
+    let mut one: Vec<_> = (0..30)
+        .filter_map(|_| half_sent(cp.web, ip("127.0.87.1")))
+        .collect();
+    // Many clients at once: 200 half-sent requests from 50 addresses.
+    let mut many: Vec<_> = (0..200u32)
+        .filter_map(|i| half_sent(cp.web, ip(&format!("127.87.{}.{}", i / 4, i % 4 + 1))))
+        .collect();
+    many.extend(
+        (0..40u32).filter_map(|i| half_sent(cp.admin, ip(&format!("127.87.100.{}", i + 1)))),
+    );
+    // Another visitor and the health check are served meanwhile.
+    let r = cp.page(ip("127.0.87.2"), "/", &[]);
+    assert_eq!(r.status, 200, "the page answers another visitor");
+    let (code, _) = cleanpipe::web::client::call(cp.admin, "GET", "/ready", None, None)
+        .expect("the admin API answers");
+    assert_eq!(code, 200, "/ready answers during the attack");
+    // After the header timeout every half-sent request has been cut off.
+    std::thread::sleep(Duration::from_millis(2500));
+    let still_open = one
+        .iter_mut()
+        .chain(many.iter_mut())
+        .filter(|s: &&mut std::net::TcpStream| {
+            let s: &std::net::TcpStream = s;
+            let mut s = s;
+            s.set_read_timeout(Some(Duration::from_millis(50))).ok();
+            let mut b = [0u8; 512];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) => return false,
+                    Ok(_) => continue, // a 408 or similar before the close
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return true;
+                    }
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count();
+    assert_eq!(
+        still_open, 0,
+        "half-sent requests outlived the header timeout"
+    );
+    assert!(
+        cp.metric(
+            "cleanpipe_connections_refused_total",
+            &[("transport", "page"), ("why", "per_client")]
+        )
+        .is_some_and(|n| n >= 20.0),
+        "one client got only its share"
+    );
+    // SIGTERM with 20 half-sent requests open: out within 5 s.
+    let _held: Vec<_> = (0..20u32)
+        .filter_map(|i| half_sent(cp.web, ip(&format!("127.87.200.{}", i + 1))))
+        .collect();
+    let t = std::time::Instant::now();
+    let status = cp.terminate();
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?} with half-sent requests open",
+        t.elapsed()
+    );
+}
