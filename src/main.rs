@@ -77,6 +77,9 @@ enum Command {
         /// Ticket reference.
         #[arg(long)]
         ticket: Option<String>,
+        /// Accept a prefix shorter than policy.min_prefix_v4/v6 (a whole network; audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Lift a subscriber's infection flag (admin API).
     Unflag {
@@ -96,6 +99,9 @@ enum Command {
         prefix: String,
         /// Profile (e.g. clean-pipe, kids).
         profile: String,
+        /// Accept a prefix shorter than policy.min_prefix_v4/v6 (a whole network; audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Organisation alerts (admin API).
     Alerts {
@@ -459,11 +465,11 @@ fn main() -> ExitCode {
             ModeCmd::Clear { reason } => admin_call(config, "DELETE", &format!("/v1/mode?reason={}", encode(reason)), None),
         }
         .map(|_| ExitCode::SUCCESS),
-        Command::Flag { config, prefix, family, ticket } => admin_call(
+        Command::Flag { config, prefix, family, ticket, force } => admin_call(
             config,
             "POST",
             "/v1/infected",
-            Some(serde_json::json!({"prefix": prefix, "family": family, "ticket": ticket})),
+            Some(serde_json::json!({"prefix": prefix, "family": family, "ticket": ticket, "force": force})),
         )
         .map(|_| ExitCode::SUCCESS),
         Command::Unflag { config, prefix, reason } => admin_call(
@@ -473,11 +479,11 @@ fn main() -> ExitCode {
             None,
         )
         .map(|_| ExitCode::SUCCESS),
-        Command::Enrol { config, prefix, profile } => admin_call(
+        Command::Enrol { config, prefix, profile, force } => admin_call(
             config,
             "POST",
             "/v1/enrolments",
-            Some(serde_json::json!({"prefix": prefix, "profile": profile})),
+            Some(serde_json::json!({"prefix": prefix, "profile": profile, "force": force})),
         )
         .map(|_| ExitCode::SUCCESS),
         Command::Alerts { config, what } => match what {

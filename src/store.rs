@@ -331,6 +331,7 @@ impl PolicyStore {
                 .policy
                 .trusted_zone
                 .then(|| config.policy.allowlists.display().to_string()),
+            min_prefix: (config.policy.min_prefix_v4, config.policy.min_prefix_v6),
             generation: 1,
         };
         let store = Self {
@@ -616,6 +617,11 @@ impl PolicyStore {
             .cloned()
     }
 
+    /// Shortest IPv4 and IPv6 prefixes flagged or enrolled without `force`.
+    pub fn min_prefix(&self) -> (u8, u8) {
+        self.options.min_prefix
+    }
+
     /// Days over which missed deadlines count as strikes.
     pub fn strike_window_days(&self) -> u32 {
         self.strike_window_days
@@ -679,6 +685,24 @@ impl PolicyStore {
                 let primary = f.primary.map(|p| p.to_string()).unwrap_or_default();
                 (zone, format!("transfer from {primary}"))
             };
+            // A client trigger covering a whole network (0/0) would apply the feed's action to
+            // every subscriber, and flag them all for a botnet feed.
+            let (v4, v6) = self.options.min_prefix;
+            for (net, rule) in zone.client_triggers() {
+                if crate::policy::compile::too_short(net, false, (v4, v6), "rpz-client-ip trigger")
+                    .is_some()
+                {
+                    errors.push(PolicyError::at(
+                        &source,
+                        rule.line as usize,
+                        format!(
+                            "feed `{}`: rpz-client-ip trigger {net} covers more than a /{} and would apply to every subscriber in it: refused",
+                            f.name,
+                            if net.addr().is_ipv4() { v4 } else { v6 }
+                        ),
+                    ));
+                }
+            }
             out.push(Feed {
                 name: f.name.clone(),
                 source,

@@ -508,6 +508,13 @@ pub struct PolicyConfig {
     /// an error unless `trusted_zone` is `false`.
     #[serde(default = "default_allowlists")]
     pub allowlists: PathBuf,
+    /// Shortest IPv4 prefix that may be flagged infected or enrolled without `force`: a `/0`
+    /// would quarantine everyone. Default: 16.
+    #[serde(default = "default_min_v4")]
+    pub min_prefix_v4: u8,
+    /// The same for IPv6. Default: 32.
+    #[serde(default = "default_min_v6")]
+    pub min_prefix_v6: u8,
     /// `false` runs without any trusted zone: no allowlists are read, enrolments and global
     /// trusted-only mode are refused, and quarantined subscribers reach only
     /// `remediation_extra`. Default: `true`.
@@ -662,6 +669,13 @@ fn default_negative_ttl() -> u32 {
 fn default_servfail_ttl() -> u32 {
     5
 }
+fn default_min_v4() -> u8 {
+    16
+}
+fn default_min_v6() -> u8 {
+    32
+}
+
 fn default_true() -> bool {
     true
 }
@@ -751,6 +765,8 @@ impl Default for PolicyConfig {
             dir: None,
             allowlists: default_allowlists(),
             trusted_zone: true,
+            min_prefix_v4: default_min_v4(),
+            min_prefix_v6: default_min_v6(),
             reload_debounce_ms: default_debounce(),
             reload_nice: default_reload_nice(),
             global_profile: default_global_profile(),
@@ -932,6 +948,17 @@ impl Config {
         if self.detection.ipv6_prefix_len > 128 {
             return Err(invalid("detection.ipv6_prefix_len: at most 128".into()));
         }
+        if self.detection.ipv6_prefix_len < self.policy.min_prefix_v6 {
+            return Err(invalid(format!(
+                "detection.ipv6_prefix_len: /{} is shorter than policy.min_prefix_v6 (/{}); detections would be refused",
+                self.detection.ipv6_prefix_len, self.policy.min_prefix_v6
+            )));
+        }
+        if self.policy.min_prefix_v4 > 32 || self.policy.min_prefix_v6 > 128 {
+            return Err(invalid(
+                "policy.min_prefix_v4 is at most 32 and policy.min_prefix_v6 at most 128".into(),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "log.format: `{}` is not `text` or `json`",
@@ -945,6 +972,23 @@ impl Config {
     /// (printed by `cleanpipe check` and logged at start-up).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if self.clients.allow.iter().any(|n| n.prefix_len() == 0) {
+            w.push(
+                "clients.allow contains 0.0.0.0/0 or ::/0: cleanpipe is an open resolver, usable for amplification attacks by anyone on the internet; list the subscriber networks instead"
+                    .to_owned(),
+            );
+        }
+        if let Some(addr) = self.admin.listen
+            && !addr.ip().is_loopback()
+        {
+            let token = self.admin_token().unwrap_or_default();
+            if token.len() < 32 {
+                w.push(format!(
+                    "admin.listen {addr} is not on loopback and the admin token is {} characters long: use a random token of at least 32 characters (e.g. `openssl rand -hex 32`) or bind the API to loopback",
+                    token.len()
+                ));
+            }
+        }
         if !self.policy.trusted_zone {
             w.push(
                 "policy.trusted_zone is false: no trusted zone; quarantined subscribers reach only policy.remediation_extra (no antivirus or update sites)"

@@ -71,6 +71,8 @@ pub struct CompileOptions {
     /// The allowlists directory (for messages); `None` when the operator runs without a trusted
     /// zone (`policy.trusted_zone: false`).
     pub allowlists: Option<String>,
+    /// Shortest IPv4 and IPv6 prefixes flagged or enrolled without `force`.
+    pub min_prefix: (u8, u8),
     /// Generation number of the snapshot.
     pub generation: u64,
 }
@@ -83,6 +85,7 @@ impl Default for CompileOptions {
             global_profile: "clean-pipe".into(),
             remediation_extra: Vec::new(),
             allowlists: Some("allowlists".into()),
+            min_prefix: (16, 32),
             generation: 1,
         }
     }
@@ -193,11 +196,21 @@ pub fn compile(
     compile_organisations(&mut b, &organisations, overrides);
     b.snap.enrolled = match &sources.reuse_enrolled {
         Some(set) => set.clone(),
-        None => Arc::new(compile_enrolments(&mut b, &enrolments, overrides)),
+        None => Arc::new(compile_enrolments(
+            &mut b,
+            &enrolments,
+            overrides,
+            options.min_prefix,
+        )),
     };
     b.snap.infected = match &sources.reuse_infected {
         Some(set) => set.clone(),
-        None => Arc::new(compile_infected(&mut b.errors, &infected, overrides)),
+        None => Arc::new(compile_infected(
+            &mut b.errors,
+            &infected,
+            overrides,
+            options.min_prefix,
+        )),
     };
     compile_mode(&mut b, mode_file, overrides, options);
     b.snap.feeds = sources.feeds.clone();
@@ -527,6 +540,7 @@ fn compile_enrolments(
     b: &mut Builder,
     files: &[Located<EnrolmentEntry>],
     o: &Overrides,
+    min_prefix: (u8, u8),
 ) -> EnrolmentSet {
     let mut set = EnrolmentSet::default();
     let api = file_index(&mut set.files, API);
@@ -543,6 +557,10 @@ fn compile_enrolments(
         let from_api = file == API;
         if !from_api && (api_prefixes.contains(&e.prefix.0) || removed.contains(&e.prefix.0)) {
             continue; // the operator's later change wins over the file
+        }
+        if let Some(m) = too_short(e.prefix.0, e.force, min_prefix, "enrolment") {
+            b.err(file, line, m);
+            continue;
         }
         let Some(profile) = b.snap.profile_index(&e.profile) else {
             if b.snap.profiles.is_empty() {
@@ -594,11 +612,26 @@ fn compile_enrolments(
     set
 }
 
+/// The error for a prefix shorter than the configured minimum (a `/0` flag would quarantine
+/// everyone), unless the entry says `force`.
+pub fn too_short(net: IpNet, force: bool, (v4, v6): (u8, u8), what: &str) -> Option<String> {
+    let (min, key) = match net {
+        IpNet::V4(_) => (v4, "policy.min_prefix_v4"),
+        IpNet::V6(_) => (v6, "policy.min_prefix_v6"),
+    };
+    (!force && net.prefix_len() < min).then(|| {
+        format!(
+            "{what} {net} covers more than a /{min} ({key}): refused; if you mean a whole network, add `force: true` (API and CLI: --force)"
+        )
+    })
+}
+
 /// Infected subscribers from files and the operator's flags and clears.
 fn compile_infected(
     errors: &mut Vec<PolicyError>,
     files: &[Located<InfectedEntry>],
     o: &Overrides,
+    min_prefix: (u8, u8),
 ) -> InfectedSet {
     let mut set = InfectedSet::default();
     let mut interned: FxHashMap<Box<str>, u32> = FxHashMap::default();
@@ -616,6 +649,10 @@ fn compile_infected(
     set.entries.reserve_exact(total);
     set.map.reserve_v4(32, total);
     let mut push = |set: &mut InfectedSet, fi: u16, file: &str, line: u32, e: &InfectedEntry| {
+        if let Some(m) = too_short(e.prefix.0, e.force, min_prefix, "infected subscriber") {
+            errors.push(PolicyError::at(file, line as usize, m));
+            return;
+        }
         let idx = set.entries.len() as u32;
         if set.map.insert(e.prefix.0, idx).is_some() {
             errors.push(PolicyError::at(

@@ -109,6 +109,11 @@ impl RpzZone {
         self.len() == 0
     }
 
+    /// Every `rpz-client-ip` trigger and its rule.
+    pub fn client_triggers(&self) -> impl Iterator<Item = (IpNet, &Rule)> {
+        self.client_ip.iter()
+    }
+
     /// The rule for a client address, if any.
     pub fn match_client(&self, ip: IpAddr) -> Option<Rule> {
         self.client_ip.longest_match(ip).map(|(_, r)| *r)

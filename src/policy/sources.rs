@@ -124,6 +124,9 @@ pub struct InfectedEntry {
     /// Optional ticket reference in the abuse desk's system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// Accept a prefix shorter than `policy.min_prefix_v4`/`v6` (a whole network on purpose).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A trusted-zone customer.
@@ -138,6 +141,9 @@ pub struct EnrolmentEntry {
     pub enabled_by: String,
     /// When it was enabled.
     pub enabled_at: DateTime<Utc>,
+    /// Accept a prefix shorter than `policy.min_prefix_v4`/`v6` (a whole network on purpose).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// How an organisation stands with the ISP.
@@ -391,6 +397,7 @@ fn parse_csv_row(line: &str) -> Result<InfectedEntry, String> {
         source: source.to_owned(),
         first_seen,
         ticket,
+        force: false,
     })
 }
 

@@ -66,6 +66,9 @@ const MIGRATIONS: &[&str] = &[
     // 6: who flagged an infection: an operator (admin API, CLI) or botnet detection.
     "ALTER TABLE infected ADD COLUMN origin TEXT NOT NULL DEFAULT 'admin-api';
      CREATE INDEX detections_group ON detections (prefix, family, at);",
+    // 7: prefixes shorter than policy.min_prefix_* accepted on purpose (--force).
+    "ALTER TABLE infected ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE enrolments ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
@@ -179,11 +182,12 @@ impl StateStore for SqliteStore {
             let tx = c.transaction()?;
             let p = e.prefix.to_string();
             tx.execute(
-                "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![p, e.family, e.source, e.first_seen.timestamp(), e.ticket],
+                "INSERT OR REPLACE INTO infected (prefix, family, source, first_seen, ticket, forced) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![p, e.family, e.source, e.first_seen.timestamp(), e.ticket, e.force],
             )?;
             tx.execute("DELETE FROM cleared WHERE prefix = ?1", params![p])?;
-            Self::audit(&tx, actor, "flag", &format!("{p} {} ({})", e.family, e.source))?;
+            let forced = if e.force { " FORCED: a whole network" } else { "" };
+            Self::audit(&tx, actor, "flag", &format!("{p} {} ({}){forced}", e.family, e.source))?;
             tx.commit()?;
             Ok(())
         })
@@ -209,11 +213,12 @@ impl StateStore for SqliteStore {
             let tx = c.transaction()?;
             let p = e.prefix.to_string();
             tx.execute(
-                "INSERT OR REPLACE INTO enrolments (prefix, profile, enabled_by, enabled_at) VALUES (?1, ?2, ?3, ?4)",
-                params![p, e.profile, e.enabled_by, e.enabled_at.timestamp()],
+                "INSERT OR REPLACE INTO enrolments (prefix, profile, enabled_by, enabled_at, forced) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![p, e.profile, e.enabled_by, e.enabled_at.timestamp(), e.force],
             )?;
             tx.execute("DELETE FROM unenrolled WHERE prefix = ?1", params![p])?;
-            Self::audit(&tx, actor, "enrol", &format!("{p} {}", e.profile))?;
+            let forced = if e.force { " FORCED: a whole network" } else { "" };
+            Self::audit(&tx, actor, "enrol", &format!("{p} {}{forced}", e.profile))?;
             tx.commit()?;
             Ok(())
         })
@@ -605,18 +610,19 @@ impl StateStore for SqliteStore {
     fn overrides(&self) -> Result<Overrides, StateError> {
         self.with(|c| {
             let mut o = Overrides::default();
-            let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket, origin FROM infected ORDER BY prefix")?;
+            let mut st = c.prepare("SELECT prefix, family, source, first_seen, ticket, origin, forced FROM infected ORDER BY prefix")?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get::<_, String>(5)?))
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get(4)?, r.get::<_, String>(5)?, r.get::<_, bool>(6)?))
             })?;
             for row in rows {
-                let (p, family, source, first_seen, ticket, origin) = row?;
+                let (p, family, source, first_seen, ticket, origin, force) = row?;
                 let e = InfectedEntry {
                     prefix: prefix(&p)?,
                     family,
                     source,
                     first_seen: ts(first_seen)?,
                     ticket,
+                    force,
                 };
                 if origin == "botnet-detection" {
                     o.detected.push(e);
@@ -661,17 +667,18 @@ impl StateStore for SqliteStore {
                 let (p, at) = row?;
                 o.cleared.push((prefix(&p)?.0, at));
             }
-            let mut st = c.prepare("SELECT prefix, profile, enabled_by, enabled_at FROM enrolments ORDER BY prefix")?;
+            let mut st = c.prepare("SELECT prefix, profile, enabled_by, enabled_at, forced FROM enrolments ORDER BY prefix")?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?))
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?))
             })?;
             for row in rows {
-                let (p, profile, enabled_by, at) = row?;
+                let (p, profile, enabled_by, at, force) = row?;
                 o.enrolments.push(EnrolmentEntry {
                     prefix: prefix(&p)?,
                     profile,
                     enabled_by,
                     enabled_at: ts(at)?,
+                    force,
                 });
             }
             let mut st = c.prepare("SELECT prefix FROM unenrolled ORDER BY prefix")?;
@@ -756,6 +763,7 @@ mod tests {
                     source: "abuse-desk".into(),
                     first_seen: ts(1_700_000_000).expect("ts"),
                     ticket: Some("T-1".into()),
+                    force: false,
                 },
                 "alice",
             )

@@ -317,6 +317,9 @@ struct FlagBody {
     ticket: Option<String>,
     #[serde(default)]
     first_seen: Option<DateTime<Utc>>,
+    /// Accept a prefix shorter than the configured minimum (recorded in the audit log).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn flag(
@@ -327,17 +330,28 @@ async fn flag(
     if b.family.trim().is_empty() {
         return Err(bad("family is required"));
     }
+    refuse_short(&s, b.prefix, b.force, "infected subscriber")?;
     let e = InfectedEntry {
         prefix: b.prefix,
         family: b.family,
         source: b.source.unwrap_or_else(|| actor.clone()),
         first_seen: b.first_seen.unwrap_or_else(Utc::now),
         ticket: b.ticket,
+        force: b.force,
     };
     let st = s.store.state().clone();
     blocking(move || st.flag(&e, &actor)).await?;
     let generation = reload_now(&s.store).await?;
     Ok(Json(json!({ "generation": generation })))
+}
+
+/// 400 for a prefix shorter than `policy.min_prefix_*` without `force` (a `/0` would quarantine
+/// or restrict every subscriber).
+fn refuse_short(s: &AdminState, p: Prefix, force: bool, what: &str) -> Result<(), ApiError> {
+    match crate::policy::compile::too_short(p.0, force, s.store.min_prefix(), what) {
+        Some(m) => Err(bad(m)),
+        None => Ok(()),
+    }
 }
 
 fn query_prefix(q: &ReasonQuery) -> Result<Prefix, ApiError> {
@@ -367,6 +381,9 @@ async fn unflag(
 struct EnrolBody {
     prefix: Prefix,
     profile: String,
+    /// Accept a prefix shorter than the configured minimum (recorded in the audit log).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn enrol(
@@ -383,11 +400,13 @@ async fn enrol(
             known.join(", ")
         )));
     }
+    refuse_short(&s, b.prefix, b.force, "enrolment")?;
     let e = EnrolmentEntry {
         prefix: b.prefix,
         profile: b.profile,
         enabled_by: actor.clone(),
         enabled_at: Utc::now(),
+        force: b.force,
     };
     let st = s.store.state().clone();
     blocking(move || st.enrol(&e, &actor)).await?;

@@ -291,3 +291,97 @@ fn half_sent_http_requests_cannot_exhaust_the_page_or_the_admin_api() {
         t.elapsed()
     );
 }
+
+/// A flag or enrolment for a whole network (`/0`) would quarantine or restrict everyone: refused
+/// unless forced (and then audited), from the API, the CLI, files and feeds; `check` warns
+/// about an open resolver and an exposed admin API with a short token.
+#[test]
+fn whole_network_flags_and_enrolments_are_refused_unless_forced() {
+    let (_up, cp) = botnet_instance();
+    let (code, body) = cp.admin(
+        "POST",
+        "/v1/infected",
+        Some(r#"{"prefix":"0.0.0.0/0","family":"Mirai"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("policy.min_prefix_v4"), "{body}");
+    let (code, body) = cp.admin(
+        "POST",
+        "/v1/enrolments",
+        Some(r#"{"prefix":"::/0","profile":"kids"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(reason(&cp, "127.0.86.1"), "normal");
+    // Forced: in force, and the audit log says so.
+    let (code, body) = cp.admin(
+        "POST",
+        "/v1/infected",
+        Some(r#"{"prefix":"127.0.0.0/8","family":"Mirai","force":true}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(reason(&cp, "127.0.86.1"), "quarantined");
+    let (_, audit) = cp.admin("GET", "/v1/audit", None);
+    assert!(audit.to_string().contains("FORCED"), "{audit}");
+    let (code, _) = cp.admin(
+        "DELETE",
+        "/v1/infected?prefix=127.0.0.0/8&reason=drill",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(reason(&cp, "127.0.86.1"), "normal");
+
+    // A /0 line in an abuse-feed export: the reload fails, the previous policy stays.
+    cp.write_policy(
+        "infected-export.csv",
+        "prefix,family,source,first_seen\n127.0.86.2,Mirai,feed,2026-11-20T08:00:00Z\n0.0.0.0/0,Mirai,feed,2026-11-20T08:00:00Z\n",
+    );
+    let refused = support::within(Duration::from_secs(3), || {
+        cp.admin("GET", "/v1/status", None).1["reload"]["last_errors"]
+            .to_string()
+            .contains("infected-export.csv:3")
+    });
+    assert!(
+        refused.is_some(),
+        "{}",
+        cp.admin("GET", "/v1/status", None).1
+    );
+    assert_eq!(reason(&cp, "127.0.86.1"), "normal", "nobody quarantined");
+    assert_eq!(reason(&cp, "127.0.86.2"), "normal", "the old policy stays");
+
+    // A 0/0 client trigger in a feed is refused the same way.
+    std::fs::remove_file(cp.dir.join("policy/infected-export.csv")).expect("remove");
+    cp.write_policy(
+        "botnet.rpz",
+        &format!("{BOTNET}0.0.0.0.0.rpz-client-ip CNAME .\n"),
+    );
+    let refused = support::within(Duration::from_secs(3), || {
+        cp.admin("GET", "/v1/status", None).1["reload"]["last_errors"]
+            .to_string()
+            .contains("rpz-client-ip trigger 0.0.0.0/0")
+    });
+    assert!(
+        refused.is_some(),
+        "{}",
+        cp.admin("GET", "/v1/status", None).1
+    );
+
+    // `check` warns about an open resolver and an exposed admin API with a short token.
+    cp.edit_config(|c| {
+        c.replace(
+            "allow: [127.0.0.0/8, \"::1/128\"]",
+            "allow: [0.0.0.0/0, \"::1/128\"]",
+        )
+        .replace(
+            &format!("listen: \"{}\"", cp.admin),
+            "listen: \"0.0.0.0:18053\"",
+        )
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["check", "--config"])
+        .arg(cp.dir.join("cleanpipe.yaml"))
+        .output()
+        .expect("check runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open resolver"), "{err}");
+    assert!(err.contains("not on loopback"), "{err}");
+}

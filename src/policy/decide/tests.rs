@@ -269,6 +269,7 @@ fn admin_overrides_merge_over_files() {
         source: "abuse-desk".into(),
         first_seen: chrono::DateTime::from_timestamp(NOW, 0).expect("time"),
         ticket: None,
+        force: false,
     });
     o.mode = Some(crate::policy::ModeOverride {
         mode: ModeFile {
