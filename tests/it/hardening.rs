@@ -18,14 +18,15 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
 
-fn botnet_instance() -> (support::AuthServer, Cleanpipe) {
+/// An instance with a botnet feed, forwarding to an upstream on 127.0.89.N.
+fn botnet_instance(n: u8) -> (support::AuthServer, Cleanpipe) {
     let zone = support::Zone::parse(
         "feed.example.",
         "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.10\n",
     );
-    let up = support::start_server("127.0.89.1", 5354, vec![zone]);
+    let up = support::start_server(&format!("127.0.89.{n}"), 5354, vec![zone]);
     let cp = Cleanpipe::start(
-        "  mode: forward\n  forward:\n    - address: 127.0.89.1\n      port: 5354",
+        &format!("  mode: forward\n  forward:\n    - address: 127.0.89.{n}\n      port: 5354"),
         "feeds:\n  - name: cert-botnet\n    file: policy/botnet.rpz\n    botnet: true\n",
         &[("botnet.rpz", BOTNET)],
     );
@@ -104,7 +105,7 @@ fn reason(cp: &Cleanpipe, client: &str) -> String {
 /// retries over TCP (dig) is flagged; so is one that proves itself with a DNS cookie.
 #[test]
 fn forged_packets_never_flag_anyone_real_clients_still_are() {
-    let (_up, cp) = botnet_instance();
+    let (_up, cp) = botnet_instance(1);
     let mut sent = 0;
     for i in 1..=200u8 {
         let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 88, i)), 40_000);
@@ -297,7 +298,7 @@ fn half_sent_http_requests_cannot_exhaust_the_page_or_the_admin_api() {
 /// about an open resolver and an exposed admin API with a short token.
 #[test]
 fn whole_network_flags_and_enrolments_are_refused_unless_forced() {
-    let (_up, cp) = botnet_instance();
+    let (_up, cp) = botnet_instance(2);
     let (code, body) = cp.admin(
         "POST",
         "/v1/infected",
