@@ -116,7 +116,7 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Pending {
     wire: Vec<u8>,
-    transport: Transport,
+    client: Client,
     work: Work,
     opt: OptOut<'static>,
 }
@@ -128,6 +128,8 @@ enum Work {
         key: Box<Key>,
         name: Name,
         qtype: RecordType,
+        /// The source is proven (for a botnet name found in the CNAME chain).
+        proven: bool,
     },
     /// `name CNAME target` (safe search, feed local data), then the target resolved.
     Alias {
@@ -306,27 +308,75 @@ impl Pipeline {
         }
         self.record(snap, &decision, &view, &question, client);
 
+        if let Some(step) = self.policy_answer(&q, client, snap, &decision, limit, &o, out) {
+            return step;
+        }
+
+        // Resolve: the one cache probe. A cached answer whose CNAME chain leads to a name a
+        // threat feed lists is answered as if that name had been asked.
+        let Some(key) = Key::from_wire(q.qname(), q.qtype, 0) else {
+            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
+        };
+        if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
+            self.counters.cache_hits.increment(1);
+            if !hit.chain().is_empty()
+                && let Some(step) =
+                    self.chain_answer(&q, client, proven, snap, &view, hit.chain(), &mut o, out)
+            {
+                return step;
+            }
+            hit.reply(out, &q, now.instant).finish(&q, limit, &o);
+            return Step::Answered;
+        }
+        drop(current);
+        let Ok(name) = Name::from_labels(q.labels()) else {
+            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
+        };
+        let key = Box::new(key);
+        let work = Work::Resolve {
+            key,
+            name,
+            qtype,
+            proven,
+        };
+        self.pending(&q, client, work, o)
+    }
+
+    /// The answer of a decision that needs no resolution of the asked name (blocks, synthesis,
+    /// aliases); `None` when the name is to be resolved.
+    #[allow(clippy::too_many_arguments)]
+    fn policy_answer(
+        &self,
+        q: &Query<'_>,
+        client: Client,
+        snap: &crate::policy::Snapshot,
+        decision: &Decision,
+        limit: usize,
+        o: &OptOut<'static>,
+        out: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let qtype = RecordType::from(q.qtype);
         match decision.action {
-            Action::Resolve | Action::Alert => {}
-            Action::TcpOnly if client.transport != Transport::Udp => {}
+            Action::Resolve | Action::Alert => None,
+            Action::TcpOnly if client.transport != Transport::Udp => None,
             Action::TcpOnly => {
                 // RPZ TCP-only: an empty reply with TC=1; the client asks again over TCP.
-                let mut r = Response::new(out, &q, rcode::NOERROR);
+                let mut r = Response::new(out, q, rcode::NOERROR);
                 r.bytes_mut()[2] |= 0x02;
-                r.finish(&q, limit, &o);
-                return Step::Answered;
+                r.finish(q, limit, o);
+                Some(Step::Answered)
             }
-            Action::Refuse => return answer_rcode(&q, limit, rcode::REFUSED, &o, out),
-            Action::NxDomain => return answer_rcode(&q, limit, rcode::NXDOMAIN, &o, out),
-            Action::NoData => return answer_rcode(&q, limit, rcode::NOERROR, &o, out),
-            Action::Drop => return Step::Silent,
+            Action::Refuse => Some(answer_rcode(q, limit, rcode::REFUSED, o, out)),
+            Action::NxDomain => Some(answer_rcode(q, limit, rcode::NXDOMAIN, o, out)),
+            Action::NoData => Some(answer_rcode(q, limit, rcode::NOERROR, o, out)),
+            Action::Drop => Some(Step::Silent),
             Action::Sinkhole(page) => {
                 let sh = &snap.sinkhole;
                 let (v4, v6) = match page {
                     Page::Cleanup => (&sh.v4, &sh.v6),
                     Page::Info => (&sh.info_v4, &sh.info_v6),
                 };
-                let mut r = Response::new(out, &q, rcode::NOERROR);
+                let mut r = Response::new(out, q, rcode::NOERROR);
                 match qtype {
                     RecordType::A => v4
                         .iter()
@@ -336,8 +386,8 @@ impl Pipeline {
                         .for_each(|a| r.answer(Owner::Question, 28, sh.ttl, &a.octets())),
                     _ => {}
                 }
-                r.finish(&q, limit, &o);
-                return Step::Answered;
+                r.finish(q, limit, o);
+                Some(Step::Answered)
             }
             Action::LocalData { feed, data } => {
                 let local = snap
@@ -346,47 +396,75 @@ impl Pipeline {
                     .and_then(|f| f.zone.local.get(data as usize))
                     .map_or(&[][..], |v| v.as_slice());
                 let ttl = snap.sinkhole.ttl;
-                if let Some(target) = local_answer(&q, qtype, local, ttl, limit, &o, out) {
-                    return self.pending(&q, client, Work::Alias { target, qtype, ttl }, o);
-                }
-                return Step::Answered;
+                Some(match local_answer(q, qtype, local, ttl, limit, o, out) {
+                    Some(target) => {
+                        self.pending(q, client, Work::Alias { target, qtype, ttl }, o.clone())
+                    }
+                    None => Step::Answered,
+                })
             }
             Action::Rewrite(i) => {
                 let target = snap
                     .rewrite_targets
                     .get(i as usize)
                     .and_then(|(_, t)| Name::from_ascii(format!("{t}.")).ok());
-                return match target {
+                Some(match target {
                     Some(target) => {
                         let ttl = snap.sinkhole.ttl;
-                        self.pending(&q, client, Work::Alias { target, qtype, ttl }, o)
+                        self.pending(q, client, Work::Alias { target, qtype, ttl }, o.clone())
                     }
-                    None => answer_rcode(&q, limit, rcode::SERVFAIL, &o, out),
-                };
+                    None => answer_rcode(q, limit, rcode::SERVFAIL, o, out),
+                })
             }
         }
-        drop(current);
+    }
 
-        // Resolve: the one cache probe.
-        let Some(key) = Key::from_wire(q.qname(), q.qtype, 0) else {
-            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
-        };
-        if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
-            self.counters.cache_hits.increment(1);
-            hit.reply(out, &q, now.instant).finish(&q, limit, &o);
-            return Step::Answered;
+    /// Threat feeds applied to every name of a resolved CNAME chain (as BIND, Unbound and Knot
+    /// apply RPZ QNAME triggers): the first listed name decides the answer, as if it had been
+    /// asked, and a botnet feed flags the (proven) client.
+    #[allow(clippy::too_many_arguments)]
+    fn chain_answer(
+        &self,
+        q: &Query<'_>,
+        client: Client,
+        proven: bool,
+        snap: &crate::policy::Snapshot,
+        view: &ClientView,
+        chain: &[Box<str>],
+        o: &mut OptOut<'static>,
+        out: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let limit = client.transport.limit(q);
+        for name in chain {
+            let Some(qname) = QName::new(name) else {
+                continue;
+            };
+            let question = Question {
+                name: qname,
+                qtype: RecordType::from(q.qtype),
+            };
+            let Some(d) = crate::policy::decide::decide_chain(snap, view, &question) else {
+                continue;
+            };
+            o.ede = d.reason.ede_for(snap);
+            if !proven && flags_client(snap, &d) {
+                self.counters.decision(&d);
+                metrics::counter!(crate::metrics::UNPROVEN_LOOKUPS).increment(1);
+                let mut r = Response::new(out, q, rcode::NOERROR);
+                r.bytes_mut()[2] |= 0x02;
+                r.finish(q, limit, o);
+                return Some(Step::Answered);
+            }
+            self.record(snap, &d, view, &question, client);
+            return self.policy_answer(q, client, snap, &d, limit, o, out);
         }
-        let Ok(name) = Name::from_labels(q.labels()) else {
-            return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
-        };
-        let key = Box::new(key);
-        self.pending(&q, client, Work::Resolve { key, name, qtype }, o)
+        None
     }
 
     fn pending(&self, q: &Query<'_>, client: Client, work: Work, opt: OptOut<'static>) -> Step {
         Step::Pending(Box::new(Pending {
             wire: q.wire.to_vec(),
-            transport: client.transport,
+            client,
             work,
             opt,
         }))
@@ -400,19 +478,45 @@ impl Pipeline {
         let Ok(q) = Query::parse(&p.wire) else {
             return false; // parsed once already; cannot fail
         };
-        let limit = p.transport.limit(&q);
-        let opt = p.opt;
+        let limit = p.client.transport.limit(&q);
+        let mut opt = p.opt;
         match p.work {
-            Work::Resolve { key, name, qtype } => {
-                match self.resolver.fetch(&key, &name, qtype).await {
-                    Some(a) => {
-                        a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
+            Work::Resolve {
+                key,
+                name,
+                qtype,
+                proven,
+            } => match self.resolver.fetch(&key, &name, qtype).await {
+                Some(a) => {
+                    if !a.chain().is_empty() {
+                        let current = self.store.current();
+                        let view = current.client(p.client.addr.ip());
+                        let step = self.chain_answer(
+                            &q,
+                            p.client,
+                            proven,
+                            &current.snapshot,
+                            &view,
+                            a.chain(),
+                            &mut opt,
+                            out,
+                        );
+                        drop(current);
+                        match step {
+                            Some(Step::Answered) => return true,
+                            Some(Step::Silent) => return false,
+                            Some(Step::Pending(next)) => {
+                                return Box::pin(self.finish(next, out)).await;
+                            }
+                            None => {}
+                        }
                     }
-                    None => {
-                        Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);
-                    }
+                    a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
                 }
-            }
+                None => {
+                    Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);
+                }
+            },
             Work::Alias { target, qtype, ttl } => {
                 let resolved = self.resolver.resolve(&target, qtype).await;
                 let mut answers = vec![Record::from_rdata(

@@ -363,6 +363,18 @@ fn decide_feeds(
     (None, logged)
 }
 
+/// Threat feeds applied to a name a resolved CNAME chain leads to (the asked name was allowed):
+/// the feed's decision, as if the name had been asked, or `None` (no feed lists it, or PASSTHRU).
+/// Quarantine and trusted zones apply to the asked name only: a trusted service behind a CDN
+/// stays reachable.
+pub fn decide_chain(snap: &Snapshot, client: &ClientView, q: &Question) -> Option<Decision> {
+    let no_client_trigger = ClientView {
+        feed_client: None, // client triggers were applied to the asked name already
+        ..*client
+    };
+    decide_feeds(snap, &no_client_trigger, q).0
+}
+
 /// Decides one query. Pure: the same inputs always give the same decision; `now` is unix seconds.
 pub fn decide(snap: &Snapshot, client: &ClientView, q: &Question, now: i64) -> Decision {
     // Row 1: never an open resolver.

@@ -95,6 +95,9 @@ pub struct CachedAnswer {
     stored: Instant,
     /// Seconds it stays fresh.
     ttl: u32,
+    /// The names a CNAME chain in the answer leads to (lowercase, no trailing dot): threat
+    /// feeds are applied to them too.
+    chain: Box<[Box<str>]>,
 }
 
 /// TTLs of 2^31 seconds and above are read as 0 (RFC 2181 §8).
@@ -122,11 +125,23 @@ impl CachedAnswer {
         m.add_authorities(answer.authorities.iter().map(fix));
         let bytes = m.to_vec().ok()?;
         let ttls = wire::ttl_offsets(&bytes)?;
+        let chain = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::CNAME(t) => {
+                    let t = t.0.to_ascii().to_ascii_lowercase();
+                    Some(t.trim_end_matches('.').into())
+                }
+                _ => None,
+            })
+            .collect();
         Some(Self {
             bytes: bytes.into_boxed_slice(),
             ttls: ttls.into_boxed_slice(),
             stored: Instant::now(),
             ttl,
+            chain,
         })
     }
 
@@ -150,6 +165,11 @@ impl CachedAnswer {
     /// Seconds it stays fresh from when it was built.
     pub fn ttl(&self) -> u32 {
         self.ttl
+    }
+
+    /// The names the answer's CNAME chain leads to.
+    pub fn chain(&self) -> &[Box<str>] {
+        &self.chain
     }
 
     /// The RCODE of the reply.
@@ -195,7 +215,10 @@ impl CachedAnswer {
 
     /// Memory it holds, for the size estimate.
     fn footprint(&self) -> usize {
-        std::mem::size_of::<Self>() + self.bytes.len() + self.ttls.len() * 8
+        std::mem::size_of::<Self>()
+            + self.bytes.len()
+            + self.ttls.len() * 8
+            + self.chain.iter().map(|n| n.len() + 16).sum::<usize>()
     }
 }
 

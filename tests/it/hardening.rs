@@ -80,6 +80,9 @@ fn query_bytes(name: &str) -> Vec<u8> {
         Name::from_ascii(name).expect("name"),
         RecordType::A,
     ));
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(1232);
+    m.set_edns(edns);
     m.to_vec().expect("query")
 }
 
@@ -385,4 +388,68 @@ fn whole_network_flags_and_enrolments_are_refused_unless_forced() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open resolver"), "{err}");
     assert!(err.contains("not on loopback"), "{err}");
+}
+
+/// A name not in any feed whose answer is `CNAME c2.listed.example` used to return the C2
+/// address unblocked and flag nobody. Every name of the chain is checked against the feeds,
+/// as BIND, Unbound and Knot do: on the first (resolved) answer and on cached ones.
+#[test]
+fn a_cname_to_a_listed_name_is_blocked_and_flags_the_client() {
+    let zone = support::Zone::parse(
+        "cdn.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN CNAME c2.evil.example.\nsafe 300 IN A 198.51.100.10\n",
+    );
+    let evil = support::Zone::parse(
+        "evil.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nc2 300 IN A 198.51.100.66\n",
+    );
+    let _up = support::start_server("127.0.89.3", 5354, vec![zone, evil]);
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.89.3\n      port: 5354",
+        "feeds:\n  - name: cert-botnet\n    file: policy/botnet.rpz\n    botnet: true\n",
+        &[("botnet.rpz", BOTNET)],
+    );
+    let ask_tcp = |from: &str| {
+        let reply = support::tcp_exchange(
+            cp.dns,
+            ip(from),
+            &query_bytes("www.cdn.example."),
+            Duration::from_secs(5),
+        )
+        .expect("TCP answer");
+        Message::from_vec(&reply).expect("valid")
+    };
+    // First ask (resolved now), then another client (from the cache).
+    for client in ["127.0.86.10", "127.0.86.11"] {
+        let m = ask_tcp(client);
+        assert_eq!(
+            m.metadata.response_code,
+            hickory_proto::op::ResponseCode::NXDomain,
+            "{client}: the chain leads to a botnet name: {m:?}"
+        );
+        assert!(support::addresses(&m).is_empty(), "no C2 address leaks");
+        assert_eq!(support::ede(&m), Some(15));
+        assert!(
+            support::within(Duration::from_secs(3), || reason(&cp, client)
+                == "quarantined")
+            .is_some(),
+            "{client} is flagged as if it had asked the C2 name"
+        );
+    }
+    // Over UDP without a cookie: TC, nobody flagged.
+    let m = support::query(cp.dns, ip("127.0.86.12"), "www.cdn.example.", RecordType::A);
+    assert!(m.metadata.truncation, "{m:?}");
+    assert!(support::addresses(&m).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(reason(&cp, "127.0.86.12"), "normal");
+    // A chain-free name is untouched.
+    assert_eq!(
+        support::addresses(&support::query(
+            cp.dns,
+            ip("127.0.86.13"),
+            "safe.cdn.example.",
+            RecordType::A
+        )),
+        vec!["198.51.100.10"]
+    );
 }
