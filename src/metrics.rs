@@ -47,6 +47,11 @@ pub const CONNECTIONS_EVICTED: &str = "cleanpipe_connections_evicted_total";
 /// Botnet-feed lookups over UDP without a proven source (no valid DNS cookie): answered TC=1,
 /// nobody flagged until the client asks over TCP.
 pub const UNPROVEN_LOOKUPS: &str = "cleanpipe_botnet_lookups_unproven_total";
+/// Queries that ran into a rate limit, by `limit` (client, new_names, client_outstanding,
+/// zone_outstanding, refused).
+pub const RATE_LIMITED: &str = "cleanpipe_rate_limited_total";
+/// Cache misses that joined an identical question already on its way upstream.
+pub const UPSTREAM_JOINED: &str = "cleanpipe_upstream_joined_total";
 /// Organisation alerts opened.
 pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
 /// Organisation alerts resolved by an operator.
@@ -83,6 +88,11 @@ pub fn describe() {
     metrics::describe_gauge!(SNAPSHOT_ENTRIES, "Entries in the serving policy, by kind");
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
+    metrics::describe_counter!(RATE_LIMITED, "Queries that ran into a rate limit, by limit");
+    metrics::describe_counter!(
+        UPSTREAM_JOINED,
+        "Cache misses that joined an identical question already on its way upstream"
+    );
     metrics::describe_counter!(
         UNPROVEN_LOOKUPS,
         "Botnet-feed lookups over UDP without a proven source, answered TC=1 and not flagged"

@@ -210,7 +210,9 @@ fn pipeline(
     resolver: &Arc<Resolver>,
     engine: &Arc<crate::alerts::AlertEngine>,
 ) -> Result<Pipeline, ServeError> {
-    let mut p = Pipeline::new(store.clone(), resolver.clone()).with_alerts(engine.clone());
+    let mut p = Pipeline::new(store.clone(), resolver.clone())
+        .with_alerts(engine.clone())
+        .with_limits(&config.limits);
     if let Some(key) = config.listen.cookie_key() {
         p = p.with_cookie_secret(key);
     }

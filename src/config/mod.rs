@@ -91,6 +91,67 @@ pub struct Config {
     /// Alerts to whitelisted organisations and the CERT.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// What one host may make cleanpipe do.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `limits:` — rate limits per client, per domain and for refusals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Queries per second per client (IPv6: per /64), bursts of twice that; over UDP the excess
+    /// is dropped, over TCP refused. 0 = no limit. Default: 0.
+    #[serde(default)]
+    pub client_qps: u32,
+    /// Never-cached names per second per client (random-subdomain floods); beyond it such
+    /// queries get SERVFAIL without reaching an upstream. 0 = no limit. Default: 100.
+    #[serde(default = "default_new_names")]
+    pub new_names_per_second: u32,
+    /// Never-cached names a client may ask at once before the rate applies. Default: 500.
+    #[serde(default = "default_new_names_burst")]
+    pub new_names_burst: u32,
+    /// Upstream queries in flight per client at most; more get SERVFAIL. 0 = no bound.
+    /// Default: 64.
+    #[serde(default = "default_client_outstanding")]
+    pub client_outstanding: usize,
+    /// Upstream queries in flight per domain (the last two labels of the name) at most.
+    /// 0 = no bound. Default: 256.
+    #[serde(default = "default_zone_outstanding")]
+    pub zone_outstanding: usize,
+    /// REFUSED answers per second to each unserved source network (/24, IPv6 /56); more are
+    /// dropped, so cleanpipe cannot be used as a reflector. 0 = no limit. Default: 5.
+    #[serde(default = "default_refused_rate")]
+    pub refused_per_second: u32,
+}
+
+fn default_new_names() -> u32 {
+    100
+}
+fn default_new_names_burst() -> u32 {
+    500
+}
+fn default_client_outstanding() -> usize {
+    64
+}
+fn default_zone_outstanding() -> usize {
+    256
+}
+fn default_refused_rate() -> u32 {
+    5
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            client_qps: 0,
+            new_names_per_second: default_new_names(),
+            new_names_burst: default_new_names_burst(),
+            client_outstanding: default_client_outstanding(),
+            zone_outstanding: default_zone_outstanding(),
+            refused_per_second: default_refused_rate(),
+        }
+    }
 }
 
 /// `alerts:` — organisation alerting.

@@ -26,6 +26,7 @@
 
 pub mod batch;
 pub mod cookie;
+pub mod limit;
 pub mod listen;
 pub mod tcp;
 
@@ -148,7 +149,40 @@ pub struct Pipeline {
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
     cookies: cookie::Cookies,
+    limits: Limits,
     counters: Counters,
+}
+
+/// The rate limits of the request path (see [`limit`]).
+#[derive(Default)]
+struct Limits {
+    client: Option<limit::Buckets>,
+    new_names: Option<limit::Buckets>,
+    refused: Option<limit::Buckets>,
+    client_outstanding: Option<limit::InFlight>,
+    zone_outstanding: Option<limit::InFlight>,
+}
+
+impl Limits {
+    fn from_config(c: &crate::config::LimitsConfig) -> Self {
+        use limit::{Buckets, InFlight, Limit};
+        Self {
+            client: Buckets::new(Limit::Client, c.client_qps, c.client_qps.saturating_mul(2)),
+            new_names: Buckets::new(Limit::NewNames, c.new_names_per_second, c.new_names_burst),
+            refused: Buckets::new(
+                Limit::Refused,
+                c.refused_per_second,
+                c.refused_per_second.saturating_mul(2),
+            ),
+            client_outstanding: InFlight::new(Limit::ClientOutstanding, c.client_outstanding),
+            zone_outstanding: InFlight::new(Limit::ZoneOutstanding, c.zone_outstanding),
+        }
+    }
+}
+
+/// The EDE of an answer refused by a rate limit (RFC 8914 has no code for it: 0, Other).
+fn limited(what: &'static str) -> Option<(u16, std::borrow::Cow<'static, str>)> {
+    Some((0, std::borrow::Cow::Borrowed(what)))
 }
 
 /// Decision counters, registered once each (a labelled `counter!` per query costs a registry
@@ -207,8 +241,15 @@ impl Pipeline {
             notifier: None,
             alerts: None,
             cookies: cookie::Cookies::new(None),
+            limits: Limits::from_config(&crate::config::LimitsConfig::default()),
             counters: Counters::new(),
         }
+    }
+
+    /// Rate limits as configured (default: [`crate::config::LimitsConfig::default`]).
+    pub fn with_limits(mut self, c: &crate::config::LimitsConfig) -> Self {
+        self.limits = Limits::from_config(c);
+        self
     }
 
     /// Keys DNS cookies with a shared secret (instances of a fleet answering the same clients).
@@ -275,6 +316,15 @@ impl Pipeline {
             ede: None,
             cookie: cookie.map(|c| c.reply),
         };
+        if let Some(b) = &self.limits.client
+            && !b.take(limit::client_key(client.addr.ip()), now.instant)
+        {
+            if client.transport == Transport::Udp {
+                return Step::Silent;
+            }
+            o.ede = limited("cleanpipe: too many queries from this client");
+            return answer_rcode(&q, limit, rcode::REFUSED, &o, out);
+        }
         if q.qclass != 1 {
             bad_request("class");
             return answer_rcode(&q, limit, rcode::REFUSED, &o, out);
@@ -295,6 +345,15 @@ impl Pipeline {
         let view = current.client(client.addr.ip());
         let decision = decide(snap, &view, &question, now.unix);
         o.ede = decision.reason.ede_for(snap);
+        if decision.reason == Reason::NotServed
+            && client.transport == Transport::Udp
+            && let Some(b) = &self.limits.refused
+            && !b.take(limit::network_key(client.addr.ip()), now.instant)
+        {
+            // A refusal is larger than its query: never a reflector for forged sources.
+            self.counters.decision(&decision);
+            return Step::Silent;
+        }
         // A lookup that flags the client (a botnet feed's name) needs a proven source: over
         // UDP without a valid cookie, TC=1 sends the client to TCP, and nobody is flagged on
         // the word of a packet whose source may be forged.
@@ -310,6 +369,13 @@ impl Pipeline {
 
         if let Some(step) = self.policy_answer(&q, client, snap, &decision, limit, &o, out) {
             return step;
+        }
+        if q.qtype == 255 {
+            // ANY: a minimal answer (RFC 8482), never a large one fetched upstream.
+            let mut r = Response::new(out, &q, rcode::NOERROR);
+            r.answer(Owner::Question, 13, 3600, b"\x07RFC8482\x00");
+            r.finish(&q, limit, &o);
+            return Step::Answered;
         }
 
         // Resolve: the one cache probe. A cached answer whose CNAME chain leads to a name a
@@ -329,6 +395,12 @@ impl Pipeline {
             return Step::Answered;
         }
         drop(current);
+        if let Some(b) = &self.limits.new_names
+            && !b.take(limit::client_key(client.addr.ip()), now.instant)
+        {
+            o.ede = limited("cleanpipe: too many names not in the cache from this client");
+            return answer_rcode(&q, limit, rcode::SERVFAIL, &o, out);
+        }
         let Ok(name) = Name::from_labels(q.labels()) else {
             return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
         };
@@ -486,8 +558,12 @@ impl Pipeline {
                 name,
                 qtype,
                 proven,
-            } => match self.resolver.fetch(&key, &name, qtype).await {
-                Some(a) => {
+            } => match self.fetch(&key, &name, qtype, &q, p.client).await {
+                Err(()) => {
+                    opt.ede = limited("cleanpipe: too many queries in flight");
+                    Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);
+                }
+                Ok(Some(a)) => {
                     if !a.chain().is_empty() {
                         let current = self.store.current();
                         let view = current.client(p.client.addr.ip());
@@ -513,7 +589,7 @@ impl Pipeline {
                     }
                     a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
                 }
-                None => {
+                Ok(None) => {
                     Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);
                 }
             },
@@ -530,6 +606,31 @@ impl Pipeline {
             }
         }
         true
+    }
+
+    /// The backend's answer, with upstream work in flight bounded per client and per domain:
+    /// `Err` when a bound is reached (nothing sent upstream).
+    async fn fetch(
+        &self,
+        key: &Key,
+        name: &Name,
+        qtype: RecordType,
+        q: &Query<'_>,
+        client: Client,
+    ) -> Result<Option<Arc<crate::resolve::cache::CachedAnswer>>, ()> {
+        let client_key = limit::client_key(client.addr.ip()).to_string();
+        let zone_key = limit::zone_key(q.qname());
+        let per_client = match &self.limits.client_outstanding {
+            Some(f) => Some(f.enter(&client_key).ok_or(())?),
+            None => None,
+        };
+        let per_zone = match &self.limits.zone_outstanding {
+            Some(f) => Some(f.enter(&zone_key).ok_or(())?),
+            None => None,
+        };
+        let fetched = self.resolver.fetch(key, name, qtype).await;
+        drop((per_client, per_zone));
+        Ok(fetched)
     }
 
     /// Replies to what cannot be parsed, where a reply is due.

@@ -82,6 +82,11 @@ impl Key {
     fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
+
+    /// The key's bytes (lowercase wire name, type, flags).
+    pub fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
 }
 
 /// A ready reply (no OPT record) and what is needed to serve it later.
@@ -401,6 +406,28 @@ impl AnswerCache {
                     + s.index.capacity() * 5
             })
             .sum()
+    }
+
+    /// Builds the reply for an answer with every record's TTL clamped to `cache.max_ttl` (so
+    /// clients never keep a record longer than the cache would).
+    pub fn build(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        answer: &Answer,
+        ttl: u32,
+    ) -> Option<CachedAnswer> {
+        let clamp = |r: &hickory_proto::rr::Record| {
+            let mut r = r.clone();
+            r.ttl = sane_ttl(r.ttl).min(self.max_ttl);
+            r
+        };
+        let clamped = Answer {
+            rcode: answer.rcode,
+            answers: answer.answers.iter().map(clamp).collect(),
+            authorities: answer.authorities.iter().map(clamp).collect(),
+        };
+        CachedAnswer::build(name, qtype, &clamped, ttl)
     }
 
     /// How long an answer may be cached: its shortest TTL, clamped by configuration.

@@ -15,8 +15,12 @@ pub mod cache;
 pub mod forward;
 pub mod recursive;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use async_trait::async_trait;
 use hickory_proto::op::ResponseCode;
@@ -91,10 +95,15 @@ pub trait Backend: Send + Sync + 'static {
 /// The configured backend with the answer cache in front of it.
 pub struct Resolver {
     backend: Arc<dyn Backend>,
-    cache: AnswerCache,
+    cache: Arc<AnswerCache>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
+    /// Questions on their way upstream, by cache key: joined, not asked twice.
+    inflight: Arc<Mutex<HashMap<Box<[u8]>, Fetch>>>,
 }
+
+/// A fetch that several requests can wait for.
+type Fetch = Shared<BoxFuture<'static, Option<Arc<CachedAnswer>>>>;
 
 impl Resolver {
     /// Builds the backend named by the configuration. Backend work is spawned on `runtime`.
@@ -123,9 +132,10 @@ impl Resolver {
     ) -> Self {
         Self {
             backend,
-            cache,
+            cache: Arc::new(cache),
             runtime,
             timeout: Duration::from_secs(config.resolver.resolution_timeout_secs.max(1)),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -143,6 +153,9 @@ impl Resolver {
     /// the reply once, caches it and returns it. Failures become a SERVFAIL reply, remembered
     /// for `cache.servfail_ttl`. `None` only when not even that could be encoded (the caller
     /// answers SERVFAIL itself).
+    ///
+    /// Identical questions already on their way upstream are not asked again: the newcomer
+    /// waits for the same answer (100 clients asking one name cost one upstream query).
     pub async fn fetch(
         &self,
         key: &Key,
@@ -150,15 +163,62 @@ impl Resolver {
         qtype: RecordType,
     ) -> Option<Arc<CachedAnswer>> {
         metrics::counter!(crate::metrics::CACHE_MISSES).increment(1);
-        let backend = self.backend.clone();
-        let timeout = self.timeout;
+        let k: Box<[u8]> = key.bytes().into();
+        let shared = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&k) {
+                Some(f) => {
+                    metrics::counter!(crate::metrics::UPSTREAM_JOINED).increment(1);
+                    f.clone()
+                }
+                None => {
+                    let (inflight_map, k2) = (self.inflight.clone(), k.clone());
+                    let work = Self::fetch_once(
+                        self.backend.clone(),
+                        self.cache.clone(),
+                        self.runtime.clone(),
+                        self.timeout,
+                        *key,
+                        name.clone(),
+                        qtype,
+                    );
+                    let f = async move {
+                        let r = work.await;
+                        // Done: later questions start a fetch of their own.
+                        inflight_map
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&k2);
+                        r
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(k, f.clone());
+                    f
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// One upstream resolution, its reply built and cached.
+    async fn fetch_once(
+        backend: Arc<dyn Backend>,
+        cache: Arc<AnswerCache>,
+        runtime: tokio::runtime::Handle,
+        timeout: Duration,
+        key: Key,
+        name: Name,
+        qtype: RecordType,
+    ) -> Option<Arc<CachedAnswer>> {
+        let kind = backend.kind();
         let fqdn = {
             let mut n = name.to_lowercase();
             n.set_fqdn(true);
             n
         };
         let asked = fqdn.clone();
-        let task = self.runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             match tokio::time::timeout(timeout, backend.resolve(&asked, qtype)).await {
                 Ok(r) => r,
                 Err(_) => Err(ResolveError::Failed {
@@ -171,7 +231,7 @@ impl Resolver {
         let answer = match task.await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
-                metrics::counter!(crate::metrics::UPSTREAM_FAILURES, "backend" => self.backend.kind())
+                metrics::counter!(crate::metrics::UPSTREAM_FAILURES, "backend" => kind)
                     .increment(1);
                 tracing::debug!(error = %e, "resolution failed");
                 Answer::servfail()
@@ -181,13 +241,13 @@ impl Resolver {
                 Answer::servfail()
             }
         };
-        let ttl = self.cache.ttl_for(&answer);
-        let built = CachedAnswer::build(&fqdn, qtype, &answer, ttl).or_else(|| {
+        let ttl = cache.ttl_for(&answer);
+        let built = cache.build(&fqdn, qtype, &answer, ttl).or_else(|| {
             tracing::debug!(name = %fqdn, %qtype, "answer could not be encoded");
-            CachedAnswer::servfail(&fqdn, qtype, self.cache.servfail_ttl())
+            CachedAnswer::servfail(&fqdn, qtype, cache.servfail_ttl())
         });
         let a = Arc::new(built?);
-        self.cache.insert(key, a.clone());
+        cache.insert(&key, a.clone());
         Some(a)
     }
 

@@ -453,3 +453,175 @@ fn a_cname_to_a_listed_name_is_blocked_and_flags_the_client() {
         vec!["198.51.100.10"]
     );
 }
+
+/// One client flooding random never-cached names (a random-subdomain attack) reaches the
+/// upstream only within its budget, on by default; another client's new names are resolved
+/// meanwhile. 100 clients asking one slow name cost one upstream query; ANY gets a minimal
+/// answer without going upstream.
+#[test]
+fn a_random_subdomain_flood_from_one_client_does_not_reach_the_upstream() {
+    let zone = support::Zone::parse(
+        "victim.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.40\n",
+    );
+    let slow = support::Zone::parse(
+        "slow.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\none 300 IN A 198.51.100.41\n",
+    );
+    let up = support::start_server("127.0.89.4", 5354, vec![zone]);
+    let slow_up = support::start_slow_server("127.0.89.5", 5354, vec![slow], 300);
+    let cp = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.89.4\n      port: 5354",
+        "",
+        &[],
+    );
+    // The flood: 3,000 random names from one address, sent as fast as the socket takes them.
+    let flooder = std::net::UdpSocket::bind("127.0.85.1:0").expect("socket");
+    let started = std::time::Instant::now();
+    for i in 0..3000u32 {
+        let _ = flooder.send_to(&query_bytes(&format!("r{i:05}x.victim.example.")), cp.dns);
+    }
+    // A victim's own new names are resolved during the flood.
+    for i in 0..20 {
+        let m = support::query(
+            cp.dns,
+            ip("127.0.85.2"),
+            &format!("v{i}.victim.example."),
+            RecordType::A,
+        );
+        assert_eq!(
+            m.metadata.response_code,
+            hickory_proto::op::ResponseCode::NXDomain,
+            "the victim's query {i} answered by the upstream"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let elapsed = started.elapsed().as_secs_f64();
+    let reached = up.total() - 20;
+    // Budget: a burst of 500, then 100 names a second.
+    let budget = 500.0 + 100.0 * elapsed;
+    assert!(
+        (reached as f64) <= budget,
+        "{reached} flood queries reached the upstream in {elapsed:.1} s (budget {budget:.0})"
+    );
+    assert!(
+        cp.metric("cleanpipe_rate_limited_total", &[("limit", "new_names")])
+            .is_some_and(|n| n >= 2000.0),
+        "the excess was counted"
+    );
+
+    // 100 clients ask one slow name at once: one upstream query.
+    let cp2 = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.89.5\n      port: 5354",
+        "",
+        &[],
+    );
+    let socks: Vec<_> = (0..100u8)
+        .map(|i| {
+            let s =
+                std::net::UdpSocket::bind(SocketAddr::new(ip(&format!("127.0.84.{}", i + 1)), 0))
+                    .expect("socket");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s.send_to(&query_bytes("one.slow.example."), cp2.dns)
+                .expect("send");
+            s
+        })
+        .collect();
+    for s in &socks {
+        let mut b = [0u8; 512];
+        let n = s.recv(&mut b).expect("every client answered");
+        assert_eq!(
+            support::addresses(&Message::from_vec(&b[..n]).expect("valid")),
+            vec!["198.51.100.41"]
+        );
+    }
+    assert_eq!(
+        slow_up.count("one.slow.example", RecordType::A),
+        1,
+        "identical questions in flight are asked upstream once"
+    );
+
+    // ANY: RFC 8482 minimal answer, nothing upstream.
+    let before = up.total();
+    let m = support::query(
+        cp.dns,
+        ip("127.0.85.3"),
+        "www.victim.example.",
+        RecordType::ANY,
+    );
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.answers[0].record_type(), RecordType::HINFO, "{m:?}");
+    assert_eq!(up.total(), before, "ANY never goes upstream");
+}
+
+/// REFUSED answers to unserved sources are bigger than the queries: a forged source must not
+/// turn cleanpipe into a reflector. Beyond a small budget per source network they are dropped.
+#[test]
+fn refusals_to_unserved_sources_are_rate_limited() {
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.89.250\n      port: 5354",
+        "",
+        &[],
+    );
+    cp.edit_config(|c| {
+        c.replace(
+            "allow: [127.0.0.0/8, \"::1/128\"]",
+            "allow: [127.1.0.0/16, 127.0.0.1/32, 127.0.83.2/32]",
+        ) + "limits:\n  client_qps: 20\n"
+    });
+    cp.spawn();
+    let sock = std::net::UdpSocket::bind("127.0.83.1:0").expect("socket");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    for _ in 0..100 {
+        let _ = sock.send_to(&query_bytes("www.example.org."), cp.dns);
+    }
+    let mut answered = 0;
+    let mut b = [0u8; 512];
+    while sock.recv(&mut b).is_ok() {
+        answered += 1;
+    }
+    assert!(
+        answered >= 1,
+        "the first refusals are answered (REFUSED, EDE 18)"
+    );
+    assert!(
+        answered <= 15,
+        "{answered} refusals for 100 queries from an unserved network"
+    );
+    // Every query not answered was counted: by the refusal budget, or (here, with
+    // client_qps set) first by the client's own rate.
+    let refused = cp
+        .metric("cleanpipe_rate_limited_total", &[("limit", "refused")])
+        .unwrap_or(0.0);
+    let client = cp
+        .metric("cleanpipe_rate_limited_total", &[("limit", "client")])
+        .unwrap_or(0.0);
+    assert!(refused >= 20.0, "{refused}");
+    assert!(
+        refused + client + answered as f64 >= 95.0,
+        "{refused} + {client} + {answered}"
+    );
+    // A served client over its query rate (limits.client_qps: 20, bursts of 40): the excess
+    // is dropped.
+    let client = std::net::UdpSocket::bind("127.0.83.2:0").expect("socket");
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut any = query_bytes("www.example.org.");
+    let n = any.len();
+    any[n - 14] = 255; // QTYPE ANY (before QCLASS and the OPT record): no upstream needed
+    for _ in 0..200 {
+        let _ = client.send_to(&any, cp.dns);
+    }
+    let mut answered = 0;
+    while client.recv(&mut b).is_ok() {
+        answered += 1;
+    }
+    assert!(
+        (30..=60).contains(&answered),
+        "{answered} of 200 answered at 20/s with bursts of 40"
+    );
+}

@@ -43,6 +43,8 @@ pub enum Behaviour {
     Authoritative,
     /// Answers REFUSED to everything (a lame delegation).
     Lame,
+    /// Serves its zones, each UDP answer this many milliseconds late (a slow authority).
+    Delayed(u64),
 }
 
 /// Counts of questions received, by (lowercase name, type); TCP ones also under `tcp:name`.
@@ -57,6 +59,19 @@ pub struct AuthServer {
 }
 
 impl AuthServer {
+    /// Questions received in all (UDP and TCP).
+    pub fn total(&self) -> usize {
+        self.counter
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| !n.starts_with("tcp:"))
+                    .map(|(_, c)| *c)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// How many times `name`/`qtype` was asked.
     pub fn count(&self, name: &str, qtype: RecordType) -> usize {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), qtype);
@@ -90,14 +105,27 @@ pub async fn start(
         counter: counter.clone(),
     });
     let d = data.clone();
+    let udp = Arc::new(udp);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
-            if let Some(resp) = respond(&d, &buf[..n], true) {
-                let _ = udp.send_to(&resp, peer).await;
+            let Some(resp) = respond(&d, &buf[..n], true) else {
+                continue;
+            };
+            match d.behaviour {
+                Behaviour::Delayed(ms) => {
+                    let udp = udp.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        let _ = udp.send_to(&resp, peer).await;
+                    });
+                }
+                _ => {
+                    let _ = udp.send_to(&resp, peer).await;
+                }
             }
         }
     });
