@@ -47,6 +47,7 @@ pub struct WatchError {
 pub struct WatchSet {
     policy_dir: Option<PathBuf>,
     allowlists: Option<PathBuf>,
+    /// Files watched one by one: feed files, and the targets of symlinked policy files.
     feed_files: Vec<PathBuf>,
 }
 
@@ -58,6 +59,23 @@ fn canonical(p: &Path) -> PathBuf {
 impl WatchSet {
     /// The sources named by a configuration.
     pub fn from_config(c: &Config) -> Self {
+        // Policy files that are symlinks: their targets change where nothing else is watched.
+        let linked: Vec<PathBuf> = c
+            .policy
+            .dir
+            .as_deref()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_symlink()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(is_policy_file)
+            })
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .collect();
         Self {
             policy_dir: c.policy.dir.as_deref().map(canonical),
             allowlists: c
@@ -72,6 +90,7 @@ impl WatchSet {
                     (Some(dir), Some(name)) => canonical(dir).join(name),
                     _ => f.to_owned(),
                 })
+                .chain(linked)
                 .collect(),
         }
     }

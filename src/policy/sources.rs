@@ -735,14 +735,40 @@ impl SourceSet {
         Self::read_except(policy_dir, Some(allowlists), |_| false)
     }
 
-    /// The policy files in `dir` (sorted), without reading them.
+    /// The policy files in `dir` (sorted), without reading them. A name recognised as a
+    /// policy file that is not a readable regular file — a symlink whose target is gone, a
+    /// symlink loop, a FIFO, a directory — is an error, never skipped: skipping it would
+    /// silently release every subscriber it lists.
     pub fn policy_paths(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
-        Ok(read_dir_sorted(dir)?
-            .into_iter()
-            .filter(|p| {
-                p.is_file() && is_policy_file(p.file_name().and_then(|n| n.to_str()).unwrap_or(""))
-            })
-            .collect())
+        let mut out = Vec::new();
+        for p in read_dir_sorted(dir)? {
+            if !is_policy_file(p.file_name().and_then(|n| n.to_str()).unwrap_or("")) {
+                continue;
+            }
+            let problem = match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => None,
+                Ok(m) if m.is_dir() => Some("is a directory, not a policy file".to_owned()),
+                Ok(_) => Some(
+                    "is not a regular file (a FIFO, socket or device): it is not read".to_owned(),
+                ),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    Some("is a symlink loop".to_owned())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                    "is a symlink to {} which does not exist",
+                    std::fs::read_link(&p).map_or_else(|_| "?".into(), |t| t.display().to_string())
+                )),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = problem {
+                return Err(ReadError {
+                    source: std::io::Error::other(message),
+                    path: p,
+                });
+            }
+            out.push(p);
+        }
+        Ok(out)
     }
 
     /// As [`SourceSet::read`], leaving out the policy files whose name `skip` accepts (their

@@ -561,6 +561,28 @@ mod tests {
     }
 
     #[test]
+    fn served_ttls_never_exceed_max_ttl_and_huge_ones_count_as_zero() {
+        let c = cache();
+        let a = Answer {
+            rcode: ResponseCode::NoError,
+            answers: vec![
+                Record::from_rdata(name("a.example."), 864_000, RData::A(A::new(192, 0, 2, 1))),
+                Record::from_rdata(name("a.example."), 1 << 31, RData::A(A::new(192, 0, 2, 2))),
+            ],
+            authorities: Vec::new(),
+        };
+        let e = c
+            .build(&name("a.example."), RecordType::A, &a, 60)
+            .expect("builds");
+        let back = e.answer(Instant::now()).expect("decodes");
+        assert_eq!(back.answers[0].ttl, 86_400, "clamped to cache.max_ttl");
+        assert_eq!(
+            back.answers[1].ttl, 1,
+            "2^31 read as 0, served as the minimum"
+        );
+    }
+
+    #[test]
     fn a_small_cache_holds_its_size_and_evicts() {
         let c = AnswerCache::new(&CacheConfig {
             max_entries: 1000,

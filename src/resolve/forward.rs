@@ -33,7 +33,8 @@ struct Waiting {
     upstream: SocketAddr,
     name: Name,
     qtype: RecordType,
-    tx: oneshot::Sender<Message>,
+    /// The answer, or `Err` when it came back with the question's letter case changed.
+    tx: oneshot::Sender<Result<Message, ()>>,
 }
 
 struct Sock {
@@ -48,7 +49,13 @@ pub struct Forward {
     timeout: Duration,
     pool: OnceCell<Vec<Arc<Sock>>>,
     next: AtomicUsize,
+    /// Upstreams that do not echo the question's letter case, until when they are asked
+    /// without the 0x20 mix.
+    no_caps: std::sync::Mutex<std::collections::HashMap<SocketAddr, std::time::Instant>>,
 }
+
+/// How long an upstream that broke the 0x20 case is asked in plain lowercase.
+const NO_CAPS_FOR: Duration = Duration::from_secs(600);
 
 /// Why one exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +101,13 @@ pub enum ForwardError {
         /// The upstream.
         upstream: SocketAddr,
     },
+    /// The answer came back with the question's letter case changed: the upstream does not
+    /// echo the DNS 0x20 mix (it is asked in plain lowercase for a while).
+    #[error("{upstream} does not echo the question's letter case (DNS 0x20)")]
+    CaseMismatch {
+        /// The upstream.
+        upstream: SocketAddr,
+    },
     /// The upstream answered with an error code.
     #[error("{upstream} answered {rcode}")]
     Rcode {
@@ -133,18 +147,24 @@ async fn read_loop(sock: Arc<Sock>) {
             continue;
         }
         let mut waiting = sock.waiting.lock().await;
-        let matches = waiting.get(&msg.metadata.id).is_some_and(|w| {
-            w.upstream == src
-                && msg
-                    .queries
-                    .first()
-                    .is_some_and(|q| q.query_type() == w.qtype && q.name().eq_case(&w.name))
+        let matches = waiting.get(&msg.metadata.id).and_then(|w| {
+            let q = msg.queries.first()?;
+            let same = w.upstream == src && q.query_type() == w.qtype;
+            if same && q.name().eq_case(&w.name) {
+                Some(true)
+            } else if same && q.name().eq_ignore_root(&w.name) {
+                Some(false) // the right question in the wrong case
+            } else {
+                None
+            }
         });
-        if matches && let Some(w) = waiting.remove(&msg.metadata.id) {
-            let _ = w.tx.send(msg);
+        if let Some(exact) = matches
+            && let Some(w) = waiting.remove(&msg.metadata.id)
+        {
+            let _ = w.tx.send(if exact { Ok(msg) } else { Err(()) });
         }
-        // Anything else (wrong source, ID, question or case) is ignored: the real answer may
-        // still come, or the query times out.
+        // Anything else (wrong source, ID or question) is ignored: the real answer may still
+        // come, or the query times out.
     }
 }
 
@@ -166,6 +186,7 @@ impl Forward {
             timeout: Duration::from_secs(c.query_timeout_secs.max(1)),
             pool: OnceCell::new(),
             next: AtomicUsize::new(0),
+            no_caps: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -201,11 +222,30 @@ impl Forward {
             .await
     }
 
+    /// True while `upstream` is asked without the 0x20 mix.
+    fn caps_off(&self, upstream: SocketAddr) -> bool {
+        self.no_caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&upstream)
+            .is_some_and(|until| std::time::Instant::now() < *until)
+    }
+
+    fn turn_caps_off(&self, upstream: SocketAddr) {
+        let mut m = self.no_caps.lock().unwrap_or_else(|p| p.into_inner());
+        if m.insert(upstream, std::time::Instant::now() + NO_CAPS_FOR)
+            .is_none_or(|until| std::time::Instant::now() >= until)
+        {
+            tracing::warn!(%upstream, "upstream does not echo the question's letter case (DNS 0x20): asking it in lowercase for 10 minutes (random IDs and ports still protect the answers)");
+        }
+    }
+
     async fn udp(
         &self,
         upstream: SocketAddr,
         name: &Name,
         qtype: RecordType,
+        caps: bool,
     ) -> Result<Message, ForwardError> {
         let io = |source| ForwardError::Io { upstream, source };
         let pool = self.pool().await.map_err(io)?;
@@ -216,7 +256,11 @@ impl Forward {
         let pick = (self.next.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u32>() as usize)
             % family.len();
         let sock = family[pick];
-        let asked = randomize_case(name);
+        let asked = if caps {
+            randomize_case(name)
+        } else {
+            name.clone()
+        };
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut waiting = sock.waiting.lock().await;
@@ -248,7 +292,8 @@ impl Forward {
             return Err(io(e));
         }
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(mut msg)) => {
+            Ok(Ok(Err(()))) => Err(ForwardError::CaseMismatch { upstream }),
+            Ok(Ok(Ok(mut msg))) => {
                 // Undo our own case mix: records owned by the asked name get its case back.
                 for r in msg.answers.iter_mut().chain(msg.authorities.iter_mut()) {
                     if r.name.eq_case(&asked) {
@@ -325,7 +370,15 @@ impl Backend for Forward {
         let mut last: Option<ForwardError> = None;
         for _ in 0..2 {
             for &upstream in &self.upstreams {
-                let msg = match self.udp(upstream, name, qtype).await {
+                let mut msg = self
+                    .udp(upstream, name, qtype, !self.caps_off(upstream))
+                    .await;
+                if let Err(ForwardError::CaseMismatch { .. }) = msg {
+                    // No 0x20 there: ask again at once in plain lowercase.
+                    self.turn_caps_off(upstream);
+                    msg = self.udp(upstream, name, qtype, false).await;
+                }
+                let msg = match msg {
                     Ok(m) if m.metadata.truncation => self.tcp(upstream, name, qtype).await,
                     other => other,
                 };

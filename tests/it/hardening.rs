@@ -625,3 +625,107 @@ fn refusals_to_unserved_sources_are_rate_limited() {
         "{answered} of 200 answered at 20/s with bursts of 40"
     );
 }
+
+/// Failures that used to be silent: a symlinked policy file whose target moved away (its
+/// subscribers were released), FIFOs and symlink loops in the policy directory, a 20 MB line
+/// copied whole into the status, an upstream that does not echo the 0x20 case (every query
+/// SERVFAIL).
+#[test]
+fn failures_that_were_silent_are_reported_and_lose_nothing() {
+    let zone = support::Zone::parse(
+        "plain.example.",
+        "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\nwww 300 IN A 198.51.100.50\n",
+    );
+    let _up = support::start_lowercase_server("127.0.89.6", 5354, vec![zone]);
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let target = elsewhere.path().join("infected.yaml");
+    std::fs::write(
+        &target,
+        "infected:\n  - {prefix: 127.0.82.1, family: Mirai, source: cert, first_seen: 2026-11-20T08:00:00Z}\n",
+    )
+    .expect("write");
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.89.6\n      port: 5354",
+        "",
+        &[],
+    );
+    std::os::unix::fs::symlink(&target, cp.dir.join("policy/infected.yaml")).expect("symlink");
+    cp.spawn();
+    assert_eq!(reason(&cp, "127.0.82.1"), "quarantined");
+    let errors =
+        |cp: &Cleanpipe| cp.admin("GET", "/v1/status", None).1["reload"]["last_errors"].to_string();
+    // The target moves away: the reload (triggered by the watch on the target) fails with the
+    // reason, and the subscriber stays quarantined.
+    std::fs::rename(&target, elsewhere.path().join("moved.yaml")).expect("move");
+    let seen = support::within(Duration::from_secs(3), || {
+        errors(&cp).contains("does not exist")
+    });
+    assert!(
+        seen.is_some(),
+        "status: {}; log:\n{}",
+        errors(&cp),
+        cp.log()
+    );
+    assert_eq!(reason(&cp, "127.0.82.1"), "quarantined", "nothing lost");
+    std::fs::rename(elsewhere.path().join("moved.yaml"), &target).expect("move back");
+    // A FIFO named like a policy file: an error, not a hang and not silence.
+    let fifo = cp.dir.join("policy/infected-pipe.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    assert!(
+        support::within(Duration::from_secs(3), || errors(&cp)
+            .contains("not a regular file"))
+        .is_some(),
+        "{}",
+        errors(&cp)
+    );
+    std::fs::remove_file(&fifo).expect("rm fifo");
+    // A symlink loop.
+    let l = cp.dir.join("policy/enrolments-loop.yaml");
+    std::os::unix::fs::symlink(&l, &l).expect("loop");
+    assert!(
+        support::within(Duration::from_secs(3), || errors(&cp)
+            .contains("symlink loop"))
+        .is_some(),
+        "{}",
+        errors(&cp)
+    );
+    std::fs::remove_file(&l).expect("rm loop");
+    // A 20 MB line: the error is reported, clipped.
+    cp.write_policy(
+        "infected-huge.csv",
+        &format!("{},Mirai,x,2026-11-20T08:00:00Z\n", "9".repeat(20 << 20)),
+    );
+    assert!(
+        support::within(Duration::from_secs(5), || errors(&cp)
+            .contains("infected-huge.csv:1"))
+        .is_some(),
+        "{}",
+        errors(&cp)
+    );
+    let (_, st) = cp.admin("GET", "/v1/status", None);
+    assert!(
+        st.to_string().len() < 20_000,
+        "the status stays small: {} bytes",
+        st.to_string().len()
+    );
+    assert!(cp.log().len() < 1 << 20, "the log stays small");
+    std::fs::remove_file(cp.dir.join("policy/infected-huge.csv")).expect("rm");
+
+    // The upstream answers in lowercase whatever case it was asked: answered anyway.
+    let m = support::query(
+        cp.dns,
+        ip("127.0.82.9"),
+        "www.plain.example.",
+        RecordType::A,
+    );
+    assert_eq!(support::addresses(&m), vec!["198.51.100.50"], "{m:?}");
+    assert!(
+        cp.log()
+            .contains("does not echo the question's letter case")
+    );
+}

@@ -45,6 +45,9 @@ pub enum Behaviour {
     Lame,
     /// Serves its zones, each UDP answer this many milliseconds late (a slow authority).
     Delayed(u64),
+    /// Serves its zones but answers with the question in lowercase (no DNS 0x20 echo, as
+    /// some middleboxes and old servers do).
+    LowercaseEcho,
 }
 
 /// Counts of questions received, by (lowercase name, type); TCP ones also under `tcp:name`.
@@ -174,7 +177,13 @@ fn respond(d: &Data, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
     }
     let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
     resp.metadata.message_type = MessageType::Response;
-    resp.add_query(q.clone());
+    if d.behaviour == Behaviour::LowercaseEcho {
+        let mut lower = q.clone();
+        lower.set_name(q.name().to_lowercase());
+        resp.add_query(lower);
+    } else {
+        resp.add_query(q.clone());
+    }
     if d.behaviour == Behaviour::Lame {
         resp.metadata.response_code = ResponseCode::Refused;
     } else {

@@ -189,6 +189,14 @@ pub fn internet() -> Option<&'static Internet> {
     }
 }
 
+/// Starts an extra authoritative server that echoes questions in lowercase (no 0x20).
+pub fn start_lowercase_server(addr: &str, port: u16, zones: Vec<Zone>) -> AuthServer {
+    let ip: IpAddr = addr.parse().expect("address");
+    background()
+        .block_on(auth::start(ip, port, zones, Behaviour::LowercaseEcho))
+        .unwrap_or_else(|e| panic!("cannot start test upstream on {addr}:{port}: {e}"))
+}
+
 /// Starts an extra authoritative server that answers `delay_ms` late over UDP.
 pub fn start_slow_server(addr: &str, port: u16, zones: Vec<Zone>, delay_ms: u64) -> AuthServer {
     let ip: IpAddr = addr.parse().expect("address");
