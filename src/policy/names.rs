@@ -415,3 +415,49 @@ mod tests {
         assert!(normalise(&"a".repeat(64)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a"), Just("b"), Just("ex"), Just("com"), Just("x-y")]
+            .prop_map(String::from)
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(label(), 1..5).prop_map(|l| l.join("."))
+    }
+
+    proptest! {
+        #[test]
+        fn subtree_matching_agrees_with_a_naive_suffix_test(
+            listed in proptest::collection::vec(name(), 0..20),
+            asked in proptest::collection::vec(name(), 1..20),
+            upper in any::<bool>(),
+        ) {
+            let mut map = NameMap::new();
+            for (i, n) in listed.iter().enumerate() {
+                map.insert(n, i);
+            }
+            for a in &asked {
+                let text = if upper { a.to_ascii_uppercase() + "." } else { a.clone() };
+                let q = QName::new(&text).expect("short name");
+                // Naive: a listed name matches when it is the name or a whole-label suffix.
+                let mut expected: Vec<&str> = listed
+                    .iter()
+                    .filter(|l| a == *l || a.ends_with(&format!(".{l}")))
+                    .map(String::as_str)
+                    .collect();
+                expected.sort_by_key(|l| std::cmp::Reverse(l.len()));
+                expected.dedup();
+                let got: Vec<String> = map
+                    .ancestors(&q)
+                    .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                prop_assert_eq!(got, expected, "asked {}", a);
+            }
+        }
+    }
+}

@@ -328,3 +328,56 @@ mod tests {
         assert!(!m.contains(ip("2001:db8::1")));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The naive reference: every network that contains the address, the longest wins.
+    fn naive(nets: &[(IpNet, u32)], ip: IpAddr) -> Option<(u8, u32)> {
+        nets.iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(n, v)| (n.prefix_len(), *v))
+    }
+
+    fn v4_net() -> impl Strategy<Value = IpNet> {
+        // Few distinct high bits, so that networks overlap and addresses fall inside them.
+        (0u32..8, any::<u32>(), 0u8..=32).prop_map(|(hi, lo, len)| {
+            let addr = std::net::Ipv4Addr::from((hi << 29) | (lo >> 3));
+            IpNet::new(IpAddr::V4(addr), len).expect("valid").trunc()
+        })
+    }
+
+    fn v6_net() -> impl Strategy<Value = IpNet> {
+        (0u128..8, any::<u128>(), 0u8..=128).prop_map(|(hi, lo, len)| {
+            let addr = std::net::Ipv6Addr::from((hi << 125) | (lo >> 3));
+            IpNet::new(IpAddr::V6(addr), len).expect("valid").trunc()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn longest_match_agrees_with_a_naive_scan(
+            nets in proptest::collection::vec(prop_oneof![v4_net(), v6_net()], 0..40),
+            probes in proptest::collection::vec(prop_oneof![v4_net(), v6_net()], 1..40),
+        ) {
+            let mut map = PrefixMap::new();
+            let mut reference: Vec<(IpNet, u32)> = Vec::new();
+            for (i, n) in nets.iter().enumerate() {
+                // Later inserts of the same network replace earlier ones, in both.
+                map.insert(*n, i as u32);
+                reference.retain(|(r, _)| r != n);
+                reference.push((*n, i as u32));
+            }
+            prop_assert_eq!(map.len(), reference.len());
+            for p in &probes {
+                for ip in [p.addr(), p.broadcast()] {
+                    let got = map.longest_match(ip).map(|(l, v)| (l, *v));
+                    prop_assert_eq!(got, naive(&reference, ip), "address {}", ip);
+                }
+            }
+        }
+    }
+}
