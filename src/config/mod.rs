@@ -105,7 +105,8 @@ pub struct LimitsConfig {
     #[serde(default)]
     pub client_qps: u32,
     /// Never-cached names per second per client (random-subdomain floods); beyond it such
-    /// queries get SERVFAIL without reaching an upstream. 0 = no limit. Default: 100.
+    /// queries never reach an upstream: dropped over UDP, SERVFAIL over TCP. 0 = no limit.
+    /// Default: 100.
     #[serde(default = "default_new_names")]
     pub new_names_per_second: u32,
     /// Never-cached names a client may ask at once before the rate applies. Default: 500.

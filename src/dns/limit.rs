@@ -5,7 +5,8 @@
 //! - **Never-cached names per client** (`limits.new_names_per_second`, on by default): a
 //!   random-subdomain flood (`x7f3q.victim.example`, `k2p9z.victim.example`, ...) misses the
 //!   cache every time and would pass straight to the upstream or the authorities; beyond the
-//!   budget such queries get SERVFAIL at once. Cached names are not counted.
+//!   budget such queries are dropped over UDP (the cheapest answer to a flood) and get SERVFAIL
+//!   over TCP. Cached names are not counted.
 //! - **Upstream queries in flight** per client and per domain (the last two labels of the
 //!   name): bounded, so neither one host nor one attacked domain can tie up the resolver.
 //! - **REFUSED to unserved sources** (`limits.refused_per_second` per /24 or /56): refusals

@@ -398,6 +398,11 @@ impl Pipeline {
         if let Some(b) = &self.limits.new_names
             && !b.take(limit::client_key(client.addr.ip()), now.instant)
         {
+            // Over UDP the excess is dropped, as response rate limiting does: a flood is
+            // cheapest to ignore, and a stub that retries gets its answer once under budget.
+            if client.transport == Transport::Udp {
+                return Step::Silent;
+            }
             o.ede = limited("cleanpipe: too many names not in the cache from this client");
             return answer_rcode(&q, limit, rcode::SERVFAIL, &o, out);
         }
