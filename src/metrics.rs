@@ -52,6 +52,12 @@ pub const UNPROVEN_LOOKUPS: &str = "cleanpipe_botnet_lookups_unproven_total";
 pub const RATE_LIMITED: &str = "cleanpipe_rate_limited_total";
 /// Cache misses that joined an identical question already on its way upstream.
 pub const UPSTREAM_JOINED: &str = "cleanpipe_upstream_joined_total";
+/// TLS handshakes of DoT and DoH, by `transport` and `result` (ok, failed, timeout).
+pub const TLS_HANDSHAKES: &str = "cleanpipe_tls_handshakes_total";
+/// TLS certificate reloads, by `result` (ok, failed).
+pub const TLS_RELOADS: &str = "cleanpipe_tls_certificate_reloads_total";
+/// Queries received, by `transport` (udp, tcp, tls, https).
+pub const QUERIES: &str = "cleanpipe_queries_total";
 /// Organisation alerts opened.
 pub const ALERTS_OPENED: &str = "cleanpipe_alerts_opened_total";
 /// Organisation alerts resolved by an operator.
@@ -89,6 +95,12 @@ pub fn describe() {
     metrics::describe_counter!(SELF_RELEASES, "Self-releases accepted on the cleanup page");
     metrics::describe_counter!(FEED_LOG_ONLY, "Matches of log-only threat feeds");
     metrics::describe_counter!(RATE_LIMITED, "Queries that ran into a rate limit, by limit");
+    metrics::describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes of DoT and DoH, by transport and result"
+    );
+    metrics::describe_counter!(TLS_RELOADS, "TLS certificate reloads, by result");
+    metrics::describe_counter!(QUERIES, "Queries received, by transport");
     metrics::describe_counter!(
         UPSTREAM_JOINED,
         "Cache misses that joined an identical question already on its way upstream"

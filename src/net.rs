@@ -148,7 +148,30 @@ impl Drop for Slot {
     }
 }
 
+/// Marks a connection's activity from wherever its requests are handled.
+#[derive(Clone)]
+pub struct Activity {
+    active: Arc<AtomicU64>,
+    conns: Arc<Connections>,
+}
+
+impl Activity {
+    /// Marks activity now.
+    pub fn touch(&self) {
+        self.active
+            .store(self.conns.millis(Instant::now()), Ordering::Relaxed);
+    }
+}
+
 impl Slot {
+    /// A handle that marks this connection's activity.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            active: self.active.clone(),
+            conns: self.conns.clone(),
+        }
+    }
+
     /// The limits of the listener it belongs to.
     pub fn limits(&self) -> Limits {
         self.conns.limits

@@ -58,6 +58,9 @@ pub enum ServeError {
     /// The page texts.
     #[error(transparent)]
     Content(#[from] crate::web::content::ContentError),
+    /// The TLS certificate.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::dns::tls::TlsError),
     /// The policy watcher.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -100,7 +103,23 @@ pub async fn serve(
     let alert_task = tokio::spawn(engine.clone().run());
     let pipeline = pipeline(&config, &store, &resolver, &engine)?;
     let inflight = pipeline.inflight();
-    let listeners = Listeners::start(&config.listen, pipeline)?;
+    let tls = if config.tls.dot.is_empty() && config.tls.doh.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls.certificate, &config.tls.key) else {
+            return Err(ServeError::Task(
+                "tls: certificate and key are needed".into(),
+            ));
+        };
+        let store = crate::dns::tls::CertStore::open(cert, key)?;
+        tokio::spawn(
+            store
+                .clone()
+                .watch(Duration::from_secs(config.tls.reload_check_secs.max(1))),
+        );
+        Some((crate::dns::tls::Tls::new(&config.tls, &store), &config.tls))
+    };
+    let listeners = Listeners::start(&config.listen, tls, pipeline)?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let (http_stop, _) = tokio::sync::watch::channel(false);
@@ -154,6 +173,7 @@ pub async fn serve(
     ready.store(true, Ordering::Release);
     tracing::info!(
         dns = ?listeners.addrs,
+        tls = ?listeners.tls_addrs,
         admin = ?config.admin.listen,
         web = ?config.web.listen,
         backend = resolver.kind(),

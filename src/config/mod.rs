@@ -94,6 +94,67 @@ pub struct Config {
     /// What one host may make cleanpipe do.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// DNS over TLS and DNS over HTTPS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `tls:` — DNS over TLS (RFC 7858) and DNS over HTTPS (RFC 8484), with the same policy as
+/// plain DNS.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first, for the name clients are configured with (Android's
+    /// Private DNS and Apple's profiles check it). Required with `dot` or `doh`. Reloaded when
+    /// the file changes; open connections keep theirs.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// DNS-over-TLS addresses (production: port 853). Default: none.
+    #[serde(default)]
+    pub dot: Vec<SocketAddr>,
+    /// DNS-over-HTTPS addresses (production: port 443), path `/dns-query`, GET and POST,
+    /// HTTP/2 and HTTP/1.1. Default: none.
+    #[serde(default)]
+    pub doh: Vec<SocketAddr>,
+    /// Seconds a client has to complete the TLS handshake. Default: 5.
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a DoT or DoH connection may stay idle. Default: 30.
+    #[serde(default = "default_tls_idle")]
+    pub idle_timeout_secs: u64,
+    /// Open DoT and DoH connections each, in all (also capped at a quarter of the open-file
+    /// limit). Default: 4096.
+    #[serde(default = "default_tcp_max")]
+    pub max_connections: usize,
+    /// Open DoT and DoH connections per client address (IPv6: per /64). Default: 32.
+    #[serde(default = "default_tls_per_client")]
+    pub connections_per_client: usize,
+    /// Concurrent HTTP/2 streams (queries) per DoH connection; queries pipelined on one DoT
+    /// connection answered at once. Default: 100.
+    #[serde(default = "default_streams")]
+    pub max_streams: usize,
+    /// Seconds between checks of the certificate files for a new version. Default: 10.
+    #[serde(default = "default_cert_check")]
+    pub reload_check_secs: u64,
+}
+
+fn default_handshake() -> u64 {
+    5
+}
+fn default_tls_idle() -> u64 {
+    30
+}
+fn default_tls_per_client() -> usize {
+    32
+}
+fn default_streams() -> usize {
+    100
+}
+fn default_cert_check() -> u64 {
+    10
 }
 
 /// `limits:` — rate limits per client, per domain and for refusals.
@@ -920,6 +981,12 @@ impl Config {
         if let Some(p) = self.state.feeds_dir.as_mut() {
             join(p);
         }
+        if let Some(p) = self.tls.certificate.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.tls.key.as_mut() {
+            join(p);
+        }
         if let Some(p) = self.web.content_dir.as_mut() {
             join(p);
         }
@@ -937,6 +1004,13 @@ impl Config {
         };
         if self.listen.dns.is_empty() {
             return Err(invalid("listen.dns: at least one address is needed".into()));
+        }
+        if (!self.tls.dot.is_empty() || !self.tls.doh.is_empty())
+            && (self.tls.certificate.is_none() || self.tls.key.is_none())
+        {
+            return Err(invalid(
+                "tls: `certificate` and `key` are needed to serve DNS over TLS or HTTPS".into(),
+            ));
         }
         if self.listen.cookie_secret.is_some() && self.listen.cookie_key().is_none() {
             return Err(invalid(

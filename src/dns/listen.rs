@@ -45,7 +45,10 @@ pub struct Listeners {
     stop: watch::Sender<bool>,
     /// The bound addresses (with real ports when port 0 was asked).
     pub addrs: Vec<SocketAddr>,
+    /// The DoT and DoH addresses: `("dot" | "doh", address)`.
+    pub tls_addrs: Vec<(&'static str, SocketAddr)>,
     conns: Arc<Connections>,
+    tls: Option<super::tls::Tls>,
 }
 
 /// A socket for `addr` of the given kind (IPv6 sockets serve IPv6 only).
@@ -149,17 +152,52 @@ fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     Ok(s.into())
 }
 
+/// The sockets of one serving thread.
+#[derive(Default)]
+struct ThreadSockets {
+    plain: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+    dot: Vec<std::net::TcpListener>,
+    doh: Vec<std::net::TcpListener>,
+}
+
+/// Binds `addr` once per thread for a stream transport (port 0 resolved on the first bind).
+fn bind_streams(
+    mut addr: SocketAddr,
+    threads: usize,
+    proto: &'static str,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ListenError> {
+    ensure_free(addr)?;
+    let mut out = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let l = bind_tcp(addr)?;
+        if addr.port() == 0 {
+            addr = l.local_addr().map_err(|source| ListenError::Bind {
+                addr,
+                proto,
+                source,
+            })?;
+        }
+        out.push(l);
+    }
+    Ok((addr, out))
+}
+
 impl Listeners {
     /// Binds every socket (so errors surface before anything serves), then starts the threads.
-    pub fn start(config: &ListenConfig, pipeline: Pipeline) -> Result<Self, ListenError> {
+    /// `tls`: the DoT and DoH set-up and their addresses, when configured.
+    pub fn start(
+        config: &ListenConfig,
+        tls: Option<(super::tls::Tls, &crate::config::TlsConfig)>,
+        pipeline: Pipeline,
+    ) -> Result<Self, ListenError> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         // Resolve port 0 once so every thread's socket shares the same port.
         let mut addrs = Vec::new();
-        let mut per_thread: Vec<Vec<(std::net::UdpSocket, std::net::TcpListener)>> =
-            (0..threads).map(|_| Vec::new()).collect();
+        let mut per_thread: Vec<ThreadSockets> =
+            (0..threads).map(|_| ThreadSockets::default()).collect();
         for &want in &config.dns {
             ensure_free(want)?;
             let mut addr = want;
@@ -173,19 +211,42 @@ impl Listeners {
                     })?;
                 }
                 let tcp = bind_tcp(addr)?;
-                sockets.push((udp, tcp));
+                sockets.plain.push((udp, tcp));
             }
             addrs.push(addr);
         }
+        let mut tls_addrs = Vec::new();
+        if let Some((_, c)) = &tls {
+            for &want in &c.dot {
+                let (addr, listeners) = bind_streams(want, threads, "tcp (DoT)")?;
+                for (t, l) in per_thread.iter_mut().zip(listeners) {
+                    t.dot.push(l);
+                }
+                tls_addrs.push(("dot", addr));
+            }
+            for &want in &c.doh {
+                let (addr, listeners) = bind_streams(want, threads, "tcp (DoH)")?;
+                for (t, l) in per_thread.iter_mut().zip(listeners) {
+                    t.doh.push(l);
+                }
+                tls_addrs.push(("doh", addr));
+            }
+        }
+        let tls = tls.map(|(t, _)| t);
         let (stop, stop_rx) = watch::channel(false);
         let pipeline = Arc::new(pipeline);
         let conns = Connections::new(Limits::dns_tcp(config), "tcp");
         let mut handles = Vec::new();
         for (i, sockets) in per_thread.into_iter().enumerate() {
-            let (pipeline, conns, stop_rx) = (pipeline.clone(), conns.clone(), stop_rx.clone());
+            let (pipeline, conns, tls, stop_rx) = (
+                pipeline.clone(),
+                conns.clone(),
+                tls.clone(),
+                stop_rx.clone(),
+            );
             let h = std::thread::Builder::new()
                 .name(format!("dns-{i}"))
-                .spawn(move || serve_thread(sockets, pipeline, conns, stop_rx))
+                .spawn(move || serve_thread(sockets, pipeline, conns, tls, stop_rx))
                 .map_err(ListenError::Thread)?;
             handles.push(h);
         }
@@ -193,7 +254,9 @@ impl Listeners {
             threads: handles,
             stop,
             addrs,
+            tls_addrs,
             conns,
+            tls,
         })
     }
 
@@ -206,18 +269,23 @@ impl Listeners {
     pub fn stop(self) {
         let _ = self.stop.send(true);
         self.conns.close_all();
+        if let Some(t) = &self.tls {
+            t.dot_conns.close_all();
+            t.doh_conns.close_all();
+        }
         for t in self.threads {
             let _ = t.join();
         }
     }
 }
 
-/// One serving thread: a current-thread runtime running the UDP loop and the TCP listener of
-/// each address until `stop`.
+/// One serving thread: a current-thread runtime running the UDP loop and the TCP, DoT and DoH
+/// listeners of each address until `stop`.
 fn serve_thread(
-    sockets: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+    sockets: ThreadSockets,
     pipeline: Arc<Pipeline>,
     conns: Arc<Connections>,
+    tls: Option<super::tls::Tls>,
     stop: watch::Receiver<bool>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -232,7 +300,7 @@ fn serve_thread(
     };
     rt.block_on(async move {
         let mut tasks = Vec::new();
-        for (udp, tcp) in sockets {
+        for (udp, tcp) in sockets.plain {
             match (
                 tokio::net::UdpSocket::from_std(udp),
                 tokio::net::TcpListener::from_std(tcp),
@@ -252,6 +320,30 @@ fn serve_thread(
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::error!(error = %e, "cannot register socket");
+                }
+            }
+        }
+        if let Some(tls) = tls {
+            for l in sockets.dot {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => tasks.push(tokio::spawn(super::tls::serve_dot(
+                        l,
+                        tls.clone(),
+                        pipeline.clone(),
+                        stop.clone(),
+                    ))),
+                    Err(e) => tracing::error!(error = %e, "cannot register DoT socket"),
+                }
+            }
+            for l in sockets.doh {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => tasks.push(tokio::spawn(super::doh::serve(
+                        l,
+                        tls.clone(),
+                        pipeline.clone(),
+                        stop.clone(),
+                    ))),
+                    Err(e) => tracing::error!(error = %e, "cannot register DoH socket"),
                 }
             }
         }

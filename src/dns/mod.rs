@@ -26,9 +26,11 @@
 
 pub mod batch;
 pub mod cookie;
+pub mod doh;
 pub mod limit;
 pub mod listen;
 pub mod tcp;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +55,10 @@ pub enum Transport {
     Udp,
     /// Plain TCP: the handshake proved the source address.
     Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484).
+    Https,
 }
 
 impl Transport {
@@ -60,7 +66,7 @@ impl Transport {
     fn limit(self, q: &Query<'_>) -> usize {
         match self {
             Transport::Udp => q.udp_limit(),
-            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Tcp | Transport::Tls | Transport::Https => usize::from(u16::MAX),
         }
     }
 
@@ -69,6 +75,8 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Https => "https",
         }
     }
 }
@@ -190,6 +198,8 @@ fn limited(what: &'static str) -> Option<(u16, std::borrow::Cow<'static, str>)> 
 struct Counters {
     decisions: Box<[OnceLock<metrics::Counter>]>,
     cache_hits: metrics::Counter,
+    /// Queries by transport (udp, tcp, tls, https).
+    queries: [metrics::Counter; 4],
 }
 
 impl Counters {
@@ -199,6 +209,13 @@ impl Counters {
                 .map(|_| OnceLock::new())
                 .collect(),
             cache_hits: metrics::counter!(crate::metrics::CACHE_HITS),
+            queries: [
+                Transport::Udp,
+                Transport::Tcp,
+                Transport::Tls,
+                Transport::Https,
+            ]
+            .map(|t| metrics::counter!(crate::metrics::QUERIES, "transport" => t.label())),
         }
     }
 
@@ -294,6 +311,7 @@ impl Pipeline {
     /// Every stage that needs no waiting: parse, identify, decide, record, and the answer when
     /// it comes from the cache or from the policy itself.
     pub fn start(&self, wire: &[u8], client: Client, now: Now, out: &mut Vec<u8>) -> Step {
+        self.counters.queries[client.transport as usize].increment(1);
         let q = match Query::parse(wire) {
             Ok(q) => q,
             Err(m) => return self.refuse_malformed(wire, m, out),

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Client, Pipeline, Step, Transport};
@@ -61,6 +61,7 @@ pub async fn serve(
         tokio::spawn(connection(
             stream,
             peer,
+            Transport::Tcp,
             pipeline.clone(),
             slot,
             stop.clone(),
@@ -68,16 +69,20 @@ pub async fn serve(
     }
 }
 
-/// One connection: frames in, replies out as they finish.
-async fn connection(
-    stream: TcpStream,
+/// One connection of DNS messages framed by their length (TCP, and DoT once TLS is set up):
+/// frames in, replies out as they finish.
+pub async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
+    transport: Transport,
     pipeline: Arc<Pipeline>,
     slot: Slot,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let limits = slot.limits();
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.pipeline);
     let writer = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
@@ -96,7 +101,7 @@ async fn connection(
     let permits = Arc::new(Semaphore::new(limits.pipeline));
     let client = Client {
         addr: peer,
-        transport: Transport::Tcp,
+        transport,
     };
     let mut buf = vec![0u8; 512];
     loop {
@@ -149,8 +154,8 @@ async fn connection(
 
 /// The length prefix of the next frame; `None` at EOF, on error, or after `idle` with nothing
 /// in flight.
-async fn read_frame_len(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_frame_len<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
     slot: &Slot,
     idle: Duration,
 ) -> Option<u16> {

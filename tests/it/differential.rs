@@ -1,7 +1,8 @@
-//! One request path: the same queries over UDP and over TCP get the same answers, apart from the
-//! ID and the framing (and where UDP must truncate: TC=1 over UDP, the whole answer over TCP).
-//! The corpus covers normal resolution, every policy answer, every feed action, EDNS variants,
-//! truncation and malformed packets. DoT and DoH join this test when they arrive.
+//! One request path: the same queries over UDP, TCP, DoT and DoH get the same answers, apart
+//! from the ID and the framing (and where UDP must truncate: TC=1 over UDP, the whole answer on
+//! the others; and RPZ DROP, where HTTP must answer something: SERVFAIL over DoH). The corpus
+//! covers normal resolution, every policy answer, every feed action, EDNS variants, truncation
+//! and malformed packets.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -74,7 +75,8 @@ fn udp_and_tcp_answer_the_same_corpus_the_same_way() {
         "@ 3600 IN SOA ns hostmaster 1 3600 600 86400 300\ntcp 300 IN A 198.51.100.31\n",
     );
     let _up = support::start_server("127.0.91.1", 5354, vec![zone, bad]);
-    let cp = Cleanpipe::start(
+    let mut cp = Cleanpipe::prepare(
+        support::fresh_ip(),
         "  mode: forward\n  forward:\n    - address: 127.0.91.1\n      port: 5354",
         "feeds:\n  - name: diff-feed\n    file: policy/diff.rpz\n",
         &[
@@ -89,6 +91,21 @@ fn udp_and_tcp_answer_the_same_corpus_the_same_way() {
             ),
         ],
     );
+    let ca = support::tls::make_ca(&cp.dir);
+    support::tls::make_server_cert(
+        &cp.dir,
+        &cp.dir.join("cert.pem"),
+        &cp.dir.join("key.pem"),
+        1,
+    );
+    let (dot, doh) = (
+        std::net::SocketAddr::new(cp.dns.ip(), 8853),
+        std::net::SocketAddr::new(cp.dns.ip(), 8443),
+    );
+    cp.edit_config(|c| {
+        format!("{c}tls:\n  certificate: cert.pem\n  key: key.pem\n  dot: [\"{dot}\"]\n  doh: [\"{doh}\"]\n")
+    });
+    cp.spawn();
     let (normal, infected, kid) = (ip("127.0.91.10"), ip("127.0.91.66"), ip("127.0.91.20"));
     let corpus: Vec<(&str, IpAddr, Vec<u8>)> = vec![
         (
@@ -281,7 +298,7 @@ fn udp_and_tcp_answer_the_same_corpus_the_same_way() {
             b[..b.len() - 3].to_vec()
         }),
     ];
-    let mut compared = 0;
+    let (mut compared, mut dot_doh) = (0, 0);
     for (what, client, query) in &corpus {
         // DROP answers nothing: wait less for it.
         let wait = Duration::from_millis(if *what == "feed DROP" { 700 } else { 3000 });
@@ -323,7 +340,28 @@ fn udp_and_tcp_answer_the_same_corpus_the_same_way() {
             }
             _ => panic!("{what}: answered on one transport only (UDP {udp:?}, TCP {tcp:?})"),
         }
+        // DoT and DoH, from the same client: the TCP answer exactly (ID and TTLs aside).
+        let tcp = tcp.expect("answered over TCP");
+        let mut d = support::tls::Dot::connect(dot, *client, &ca).expect("DoT");
+        let over_dot = d.exchange(query).expect("DoT answer");
+        assert_eq!(
+            normalised(&over_dot),
+            normalised(&tcp),
+            "{what}: DoT differs from TCP"
+        );
+        let over_doh = support::tls::doh_post(doh, *client, &ca, query).expect("DoH answer");
+        assert_eq!(
+            normalised(&over_doh),
+            normalised(&tcp),
+            "{what}: DoH differs from TCP"
+        );
+        dot_doh += 1;
     }
+    assert_eq!(
+        dot_doh,
+        corpus.len() - 1,
+        "every query but DROP compared over DoT and DoH"
+    );
     assert_eq!(
         compared,
         corpus.len() - 1,

@@ -11,4 +11,5 @@ mod page;
 mod policy;
 mod recursion;
 mod tcp;
+mod tls;
 mod xfr;

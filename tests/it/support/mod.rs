@@ -1,6 +1,7 @@
 //! Test support: a private internet on loopback, a running `cleanpipe` binary, DNS clients.
 
 pub mod auth;
+pub mod tls;
 pub mod webhook;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
