@@ -497,7 +497,6 @@ def lint(lists: Allowlists, refs_dir: Path) -> tuple[list[str], list[str]]:
 def bypass_overlap(lists: Allowlists) -> dict:
     """For every bypass name: allowlisted names equal to it, above it (it would be carved out of an
     allowed subtree) or below it (blocking it would block allowlisted names)."""
-    svc_by_id = {s["id"]: s for s in lists.services}
     out = {"groups": [], "errors": [], "carve_outs": [], "info": []}
     all_names = {}
     for e in lists.entries:
@@ -553,11 +552,11 @@ def bypass_overlap(lists: Allowlists) -> dict:
                         (out["errors"] if relevant else out["info"]).append(msg)
         for n in names:
             for c in lists.canaries:
-                if n == c or n.endswith("." + c):
+                if n == c or n.endswith("." + c) or c.endswith("." + n):
+                    rel = "canary" if n == c or n.endswith("." + c) else "contains-canary"
                     out["info"].append(
-                        {"bypass": n, "group": gid, "relation": "canary", "allowlisted": c, "where": "canary", "file": "essentials.yaml", "in_profile": True}
+                        {"bypass": n, "group": gid, "relation": rel, "allowlisted": c, "where": "canary", "file": "essentials.yaml", "in_profile": True}
                     )
-    del svc_by_id
     return out
 
 
