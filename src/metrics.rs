@@ -70,6 +70,10 @@ pub const REVOCATIONS: &str = "cleanpipe_organisation_revocations_total";
 pub const DELIVERIES: &str = "cleanpipe_alert_deliveries_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
+/// Admin API calls refused because the token lacks the scope.
+pub const ADMIN_FORBIDDEN: &str = "cleanpipe_admin_forbidden_total";
+/// Names trusted-zone clients were denied, by profile.
+pub const TRUSTED_DENIED: &str = "cleanpipe_trusted_zone_denied_total";
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
@@ -141,6 +145,14 @@ pub fn describe() {
     metrics::describe_counter!(REVOCATIONS, "Organisations whose whitelisting was revoked");
     metrics::describe_counter!(DELIVERIES, "Alert webhook delivery attempts, by result");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
+    metrics::describe_counter!(
+        ADMIN_FORBIDDEN,
+        "Admin API calls refused because the token lacks the scope"
+    );
+    metrics::describe_counter!(
+        TRUSTED_DENIED,
+        "Queries of trusted-zone clients for names outside their zone, by profile"
+    );
 }
 
 /// Publishes the sizes of a freshly swapped snapshot.

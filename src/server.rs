@@ -127,12 +127,12 @@ pub async fn serve(
     if let Some(addr) = config.admin.listen {
         let app = router(AdminState {
             store: store.clone(),
-            token: config.admin_token().map(Arc::from),
+            tokens: config.api_tokens().unwrap_or_default().into(),
             ready: ready.clone(),
             metrics,
             alerts: Some(engine.clone()),
         });
-        if config.admin_token().is_none() {
+        if config.api_tokens().unwrap_or_default().is_empty() {
             tracing::warn!("no admin token configured: every admin API call will be refused");
         }
         let limits = http_limits(config.admin.max_connections, &config, "admin", 30);

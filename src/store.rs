@@ -326,6 +326,7 @@ impl PolicyStore {
                 ttl: config.sinkhole.ttl,
             },
             global_profile: config.policy.global_profile.clone(),
+            household_max_names: config.policy.household_max_names,
             remediation_extra: config.policy.remediation_extra.clone(),
             allowlists: config
                 .policy
@@ -478,7 +479,12 @@ impl PolicyStore {
             .flat_map(|(rel, _, text)| [rel.as_bytes(), text.as_bytes()])
             .collect();
         let enrol_key = EnrolKey {
-            files: text_digests(&sources, "enrolments"),
+            // Enrolments name schedules by index: a changed schedules.yaml rebuilds them.
+            files: [
+                text_digests(&sources, "enrolments"),
+                text_digests(&sources, "schedules"),
+            ]
+            .concat(),
             enrolled: overrides.enrolments.clone(),
             unenrolled: overrides.unenrolled.clone(),
             allowlists: digest(&allowlists),
@@ -620,6 +626,11 @@ impl PolicyStore {
     /// Shortest IPv4 and IPv6 prefixes flagged or enrolled without `force`.
     pub fn min_prefix(&self) -> (u8, u8) {
         self.options.min_prefix
+    }
+
+    /// `policy.household_max_names`.
+    pub fn household_max_names(&self) -> usize {
+        self.options.household_max_names
     }
 
     /// Days over which missed deadlines count as strikes.

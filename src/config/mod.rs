@@ -654,6 +654,9 @@ pub struct PolicyConfig {
     /// Profile used for everyone during global trusted-only mode. Default: `clean-pipe`.
     #[serde(default = "default_global_profile")]
     pub global_profile: String,
+    /// Most names one household may add to its enrolment (`allow:`). Default: 50.
+    #[serde(default = "default_household_max_names")]
+    pub household_max_names: usize,
     /// Extra remediation names (e.g. the ISP's own support site) that quarantined subscribers
     /// may still reach. Default: none.
     #[serde(default)]
@@ -693,10 +696,72 @@ pub struct AdminConfig {
     /// used; with neither, every call is refused with 401.
     #[serde(default)]
     pub token: Option<String>,
+    /// More tokens, each with a name (recorded in the audit log) and the scopes it may use:
+    /// e.g. the customer portal's token with `provisioning` only. `admin.token` is the token
+    /// named `admin` with every scope.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
     /// Open connections to the API in all; per client at most 16, headers within
     /// `web.header_timeout_secs`. Default: 64.
     #[serde(default = "default_admin_max_conns")]
     pub max_connections: usize,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Trusted-zone enrolments and households' additions, removals and schedules (the
+    /// customer portal).
+    Provisioning,
+    /// Infection flags, organisation alerts, reinstatements, `explain`.
+    AbuseDesk,
+    /// Global mode, reloads, `explain`, the trusted zone's misses report.
+    Noc,
+    /// Every `GET`: status, enrolments, explain, audit, alerts, misses.
+    ReadOnly,
+}
+
+impl Scope {
+    /// The name in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Provisioning => "provisioning",
+            Scope::AbuseDesk => "abuse-desk",
+            Scope::Noc => "noc",
+            Scope::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// One entry of `admin.tokens`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name recorded in the audit log with every change made with this token.
+    pub name: String,
+    /// The secret, inline.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The secret, read from a file (first line; better than inline for a file kept in git).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// What the token may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// A usable admin token: name, secret, scopes.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// Name recorded in the audit log.
+    pub name: String,
+    /// The secret.
+    pub secret: String,
+    /// Scopes.
+    pub scopes: Vec<Scope>,
 }
 
 fn default_admin_max_conns() -> usize {
@@ -812,6 +877,10 @@ fn default_debounce() -> u64 {
 fn default_reload_nice() -> u8 {
     19
 }
+fn default_household_max_names() -> usize {
+    crate::policy::household::DEFAULT_MAX_NAMES
+}
+
 fn default_global_profile() -> String {
     "clean-pipe".to_owned()
 }
@@ -893,6 +962,7 @@ impl Default for PolicyConfig {
             reload_debounce_ms: default_debounce(),
             reload_nice: default_reload_nice(),
             global_profile: default_global_profile(),
+            household_max_names: default_household_max_names(),
             remediation_extra: Vec::new(),
         }
     }
@@ -913,6 +983,7 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             token: None,
+            tokens: Vec::new(),
             max_connections: default_admin_max_conns(),
         }
     }
@@ -1005,6 +1076,7 @@ impl Config {
         if self.listen.dns.is_empty() {
             return Err(invalid("listen.dns: at least one address is needed".into()));
         }
+        self.api_tokens().map_err(invalid)?;
         if (!self.tls.dot.is_empty() || !self.tls.doh.is_empty())
             && (self.tls.certificate.is_none() || self.tls.key.is_none())
         {
@@ -1138,6 +1210,63 @@ impl Config {
             );
         }
         w
+    }
+
+    /// Every admin token: `admin.token` (or `CLEANPIPE_ADMIN_TOKEN`) as `admin` with every scope,
+    /// then `admin.tokens`. Errors: a token file that cannot be read, a token without a secret
+    /// or scopes, a name or secret used twice.
+    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, String> {
+        let mut out: Vec<ApiToken> = Vec::new();
+        if let Some(secret) = self.admin_token() {
+            out.push(ApiToken {
+                name: "admin".into(),
+                secret,
+                scopes: vec![Scope::Admin],
+            });
+        }
+        for t in &self.admin.tokens {
+            let secret = match (&t.token, &t.token_file) {
+                (Some(s), None) => s.trim().to_owned(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("admin.tokens `{}`: {}: {e}", t.name, f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+                _ => {
+                    return Err(format!(
+                        "admin.tokens `{}`: give exactly one of `token` and `token_file`",
+                        t.name
+                    ));
+                }
+            };
+            if secret.len() < 16 {
+                return Err(format!(
+                    "admin.tokens `{}`: the token is {} characters long, at least 16 are needed (e.g. `openssl rand -hex 32`)",
+                    t.name,
+                    secret.len()
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err(format!("admin.tokens `{}`: no scopes", t.name));
+            }
+            if out.iter().any(|o| o.name == t.name) {
+                return Err(format!("admin.tokens: the name `{}` is used twice", t.name));
+            }
+            if out.iter().any(|o| o.secret == secret) {
+                return Err(format!(
+                    "admin.tokens `{}`: the same secret as another token (each needs its own)",
+                    t.name
+                ));
+            }
+            out.push(ApiToken {
+                name: t.name.clone(),
+                secret,
+                scopes: t.scopes.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// The admin token: from the file, else `CLEANPIPE_ADMIN_TOKEN`. Empty tokens count as none.

@@ -10,14 +10,15 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
+use super::household::{self, Catalog, HouseholdDef};
 use super::names::{NameMap, normalise};
 use super::sources::{
     self, Allowlists, EnrolmentEntry, InfectedEntry, Located, ModeFile, OrganisationEntry,
     PolicyError, ProbeQuarantine, SourceSet, Standing,
 };
 use super::{
-    Enrolment, EnrolmentSet, InfectedSet, Infection, ModeState, NameFlags, Organisation, Origin,
-    Profile, Sinkhole, Snapshot, flag,
+    BypassFlags, Enrolment, EnrolmentSet, InfectedSet, Infection, ModeState, NameFlags,
+    Organisation, Origin, Profile, Sinkhole, Snapshot, flag,
 };
 use std::sync::Arc;
 
@@ -75,6 +76,8 @@ pub struct CompileOptions {
     pub min_prefix: (u8, u8),
     /// Generation number of the snapshot.
     pub generation: u64,
+    /// Most names one household may add to its enrolment.
+    pub household_max_names: usize,
 }
 
 impl Default for CompileOptions {
@@ -87,6 +90,7 @@ impl Default for CompileOptions {
             allowlists: Some("allowlists".into()),
             min_prefix: (16, 32),
             generation: 1,
+            household_max_names: super::household::DEFAULT_MAX_NAMES,
         }
     }
 }
@@ -98,6 +102,8 @@ pub const DETECTION: &str = "botnet detection";
 struct Builder {
     snap: Snapshot,
     errors: Vec<PolicyError>,
+    /// The names each service brings, for households' removals.
+    catalog: Catalog,
 }
 
 /// Index of `name` in a table of file names, added if new.
@@ -133,6 +139,7 @@ pub fn compile(
             ..Snapshot::default()
         },
         errors: Vec::new(),
+        catalog: Catalog::default(),
     };
     for net in &options.clients {
         b.snap.acl.insert(*net, ());
@@ -143,6 +150,7 @@ pub fn compile(
     let mut enrolments: Vec<Located<EnrolmentEntry>> = Vec::new();
     let mut organisations: Vec<Located<OrganisationEntry>> = Vec::new();
     let mut mode_file: Option<(String, ModeFile)> = None;
+    let mut schedules_file: Option<(String, sources::SchedulesFile)> = None;
     for (path, text) in &sources.policy_files {
         let name = path.rsplit('/').next().unwrap_or(path);
         let reused = (name.starts_with("infected") && sources.reuse_infected.is_some())
@@ -168,6 +176,8 @@ pub fn compile(
             sources::parse_organisations(path, text).map(|l| organisations.push(l))
         } else if name == "mode.yaml" {
             sources::parse_mode(path, text).map(|m| mode_file = Some((path.clone(), m)))
+        } else if name == "schedules.yaml" {
+            sources::parse_schedules(path, text).map(|f| schedules_file = Some((path.clone(), f)))
         } else {
             Ok(())
         };
@@ -193,15 +203,15 @@ pub fn compile(
         }
     }
     compile_allowlists(&mut b, &lists, options);
+    if let Some((path, f)) = &schedules_file {
+        for e in household::compile_schedules(&mut b.snap, f) {
+            b.err(path, 0, e);
+        }
+    }
     compile_organisations(&mut b, &organisations, overrides);
     b.snap.enrolled = match &sources.reuse_enrolled {
         Some(set) => set.clone(),
-        None => Arc::new(compile_enrolments(
-            &mut b,
-            &enrolments,
-            overrides,
-            options.min_prefix,
-        )),
+        None => Arc::new(compile_enrolments(&mut b, &enrolments, overrides, options)),
     };
     b.snap.infected = match &sources.reuse_infected {
         Some(set) => set.clone(),
@@ -238,7 +248,9 @@ fn compile_allowlists(b: &mut Builder, lists: &Allowlists, options: &CompileOpti
     let categories: HashSet<&str> = lists.categories.iter().map(|c| c.id.as_str()).collect();
     let service_index = compile_services(b, lists, &categories);
     compile_profiles(b, lists, &categories, &service_index);
+    b.catalog = Catalog::new(lists);
     mark_groups(b, lists, options);
+    mark_bypass(b, lists);
     compile_rewrites(b, lists);
 }
 
@@ -373,6 +385,7 @@ fn compile_profiles(
             blocked: def.blocked,
             safe_search: def.safe_search,
             services: members,
+            schedule: None,
         });
     }
 }
@@ -439,6 +452,43 @@ fn mark_groups(b: &mut Builder, lists: &Allowlists, options: &CompileOptions) {
             format!("canary {}", c.name),
             flag::CANARY,
         );
+    }
+}
+
+/// Bypass services (`bypass.yaml`): NXDOMAIN in the profiles each group names.
+fn mark_bypass(b: &mut Builder, lists: &Allowlists) {
+    for g in &lists.bypass {
+        let mut bits = 0u64;
+        for p in &g.profiles {
+            match b.snap.profile_index(p) {
+                Some(i) => bits |= 1 << i,
+                None => b.err(
+                    "allowlists/bypass.yaml",
+                    0,
+                    format!("group `{}`: unknown profile `{p}`", g.id),
+                ),
+            }
+        }
+        let source = b.snap.name_sources.len() as u32;
+        b.snap.name_sources.push(format!("bypass {}", g.id));
+        for d in &g.domains {
+            match normalise(d) {
+                Ok(n) => {
+                    b.snap
+                        .bypass
+                        .entry_or(&n, || BypassFlags {
+                            profiles: 0,
+                            source,
+                        })
+                        .profiles |= bits;
+                }
+                Err(e) => b.err(
+                    "allowlists/bypass.yaml",
+                    0,
+                    format!("group `{}`: {e}", g.id),
+                ),
+            }
+        }
     }
 }
 
@@ -540,8 +590,9 @@ fn compile_enrolments(
     b: &mut Builder,
     files: &[Located<EnrolmentEntry>],
     o: &Overrides,
-    min_prefix: (u8, u8),
+    options: &CompileOptions,
 ) -> EnrolmentSet {
+    let min_prefix = options.min_prefix;
     let mut set = EnrolmentSet::default();
     let api = file_index(&mut set.files, API);
     let api_prefixes: HashSet<IpNet> = o.enrolments.iter().map(|e| e.prefix.0).collect();
@@ -587,6 +638,21 @@ fn compile_enrolments(
             );
             continue;
         };
+        let def = HouseholdDef {
+            allow: &e.allow,
+            remove: &e.remove,
+            schedule: e.schedule.as_deref(),
+        };
+        let (household, schedule) =
+            match household::build(&b.snap, &b.catalog, def, options.household_max_names) {
+                Ok(h) => h,
+                Err(errs) => {
+                    for m in errs {
+                        b.err(file, line, format!("enrolment {}: {m}", e.prefix));
+                    }
+                    continue;
+                }
+            };
         let fi = if from_api {
             api
         } else {
@@ -607,6 +673,8 @@ fn compile_enrolments(
             enabled_by: e.enabled_by.as_str().into(),
             enabled_at: unix(&e.enabled_at),
             origin: Origin { file: fi, line },
+            household,
+            schedule,
         });
     }
     set

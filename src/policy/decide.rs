@@ -8,7 +8,7 @@
 //! | 1b | anyone, when a threat feed (RPZ) matches the name or the client | the feed's action (NXDOMAIN, NODATA, DROP, TCP-only, local data), EDE 15 with the feed's name; PASSTHRU ends feed processing |
 //! | 2 | infected, not inside an organisation in good standing | quarantine (unless self-released after the report, until the release ends): remediation names and `resolve` probes resolve; everything else → cleanup page (EDE 15 Blocked) |
 //! | 3 | infected, inside an organisation in good standing | resolve normally, raise an alert |
-//! | 4 | enrolled in a profile, or global trusted-only mode and not exempt (exempt: resolve, reason `exempt`) | canaries → NXDOMAIN; safe-search names → CNAME; profile, essential and probe names → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
+//! | 4 | enrolled in a profile (the one its schedule puts in force now), or global trusted-only mode and not exempt (exempt: resolve, reason `exempt`) | canaries and the profile's bypass services → NXDOMAIN; safe-search names → CNAME; profile names (minus the household's removed services), essential and probe names, the household's additions → resolve; everything else blocked (NXDOMAIN, EDE 17 Filtered when opted in / EDE 15 Blocked in global mode, or the information page) |
 //! | 5 | everyone else | resolve normally |
 //!
 //! Quarantine is checked before trusted zones on purpose: an infected host must see the cleanup
@@ -20,7 +20,9 @@ use hickory_proto::rr::RecordType;
 use std::borrow::Cow;
 
 use super::rpz::{RpzAction, Trigger};
-use super::{Blocked, ClientView, FeedPolicy, QName, Snapshot, Standing, flag};
+use super::{
+    Blocked, ClientView, FeedPolicy, Household, PeriodRef, QName, Snapshot, Standing, flag,
+};
 
 /// The question being decided.
 #[derive(Debug, Clone)]
@@ -189,6 +191,18 @@ pub enum Reason {
         /// Profile index.
         profile: u16,
     },
+    /// Row 4: a resolver, VPN or proxy service listed in `allowlists/bypass.yaml` for the profile.
+    Bypass {
+        /// Profile index.
+        profile: u16,
+        /// Name-source index of the bypass group.
+        source: u32,
+    },
+    /// Row 4: the household added this name to its enrolment.
+    HouseholdAllowed {
+        /// Profile index.
+        profile: u16,
+    },
     /// Row 4: safe-search rewrite.
     SafeSearch {
         /// Profile index.
@@ -218,7 +232,7 @@ pub enum Reason {
 
 impl Reason {
     /// Kinds of reason, for tables indexed by [`Reason::index`].
-    pub const KINDS: usize = 14;
+    pub const KINDS: usize = 16;
 
     /// A dense index per label (0..[`Reason::KINDS`]).
     pub fn index(&self) -> usize {
@@ -237,6 +251,8 @@ impl Reason {
             Reason::TrustedBlocked { global: true, .. } => 11,
             Reason::Exempt => 12,
             Reason::Normal => 13,
+            Reason::Bypass { .. } => 14,
+            Reason::HouseholdAllowed { .. } => 15,
         }
     }
 
@@ -257,6 +273,8 @@ impl Reason {
             Reason::TrustedBlocked { global: true, .. } => "global_trusted_blocked",
             Reason::Exempt => "exempt",
             Reason::Normal => "normal",
+            Reason::Bypass { .. } => "bypass",
+            Reason::HouseholdAllowed { .. } => "household_allowed",
         }
     }
 
@@ -276,6 +294,10 @@ impl Reason {
                 Some((15, "cleanpipe: trusted-only mode is active on this network"))
             }
             Reason::Canary { .. } => Some((17, "cleanpipe: not available in a trusted zone")),
+            Reason::Bypass { .. } => Some((
+                17,
+                "cleanpipe: resolver, VPN and proxy services are not available in this profile",
+            )),
             _ => None,
         }
     }
@@ -422,10 +444,13 @@ pub enum Who {
     },
     /// Row 4: in a trusted zone (its own enrolment, or global trusted-only mode).
     Trusted {
-        /// Profile index (`u16::MAX` when the global profile is missing).
+        /// Profile index (`u16::MAX` when the global profile is missing): the one in force now,
+        /// after the schedule.
         profile: u16,
         /// Because of global trusted-only mode.
         global: bool,
+        /// The schedule period that chose `profile`, if one is in force.
+        period: Option<PeriodRef>,
     },
     /// Row 4: global trusted-only mode is on and the client's network is exempt.
     Exempt,
@@ -459,15 +484,36 @@ pub fn identify(snap: &Snapshot, client: &ClientView, now: i64) -> Who {
             },
         };
     }
-    // Row 4: trusted zones. An enrolment's own profile wins over the global one.
-    let own = client
-        .enrolment
-        .and_then(|e| snap.enrolment(e))
-        .map(|en| en.profile);
-    if let Some(profile) = own {
-        return Who::Trusted {
-            profile,
-            global: false,
+    // Row 4: trusted zones. An enrolment's own profile wins over the global one; a schedule
+    // (the enrolment's own, else its profile's) can put another profile in force for a period.
+    if let Some(en) = client.enrolment.and_then(|e| snap.enrolment(e)) {
+        let schedule = en.schedule.or_else(|| {
+            snap.profiles
+                .get(en.profile as usize)
+                .and_then(|p| p.schedule)
+        });
+        let in_force = schedule.and_then(|si| {
+            let s = snap.schedules.get(si as usize)?;
+            let pi = s.period_at(now)?;
+            Some((
+                s.periods.get(pi as usize)?.profile,
+                PeriodRef {
+                    schedule: si,
+                    period: pi,
+                },
+            ))
+        });
+        return match in_force {
+            Some((profile, period)) => Who::Trusted {
+                profile,
+                global: false,
+                period: Some(period),
+            },
+            None => Who::Trusted {
+                profile: en.profile,
+                global: false,
+                period: None,
+            },
         };
     }
     if snap.mode.trusted_only_at(now) {
@@ -477,6 +523,7 @@ pub fn identify(snap: &Snapshot, client: &ClientView, now: i64) -> Who {
             Who::Trusted {
                 profile: snap.global_profile,
                 global: true,
+                period: None,
             }
         };
     }
@@ -504,7 +551,16 @@ fn decide_subscriber(snap: &Snapshot, client: &ClientView, q: &Question, now: i6
             infection,
             revoked_org,
         } => decide_quarantined(snap, infection, revoked_org, q),
-        Who::Trusted { profile, global } => decide_trusted(snap, profile, global, q),
+        Who::Trusted {
+            profile, global, ..
+        } => {
+            let household = client
+                .enrolment
+                .filter(|_| !global)
+                .and_then(|e| snap.enrolment(e))
+                .and_then(|e| e.household.as_deref());
+            decide_trusted(snap, profile, global, household, q)
+        }
         Who::Exempt => Decision::new(Action::Resolve, Reason::Exempt),
         Who::Normal => Decision::new(Action::Resolve, Reason::Normal),
     }
@@ -556,11 +612,20 @@ pub fn active_release(
     (at >= first_seen && now < until).then_some(until)
 }
 
-fn decide_trusted(snap: &Snapshot, profile: u16, global: bool, q: &Question) -> Decision {
+/// Row 4, in this order: canaries, bypass services, safe search, the profile's names (minus the
+/// household's removed services) and essentials, the household's own additions, else blocked.
+fn decide_trusted(
+    snap: &Snapshot,
+    profile: u16,
+    global: bool,
+    household: Option<&Household>,
+    q: &Question,
+) -> Decision {
     let p = snap.profiles.get(profile as usize);
     let bit = if p.is_some() { 1u64 << profile } else { 0 };
 
-    // Canaries first: they must be NXDOMAIN even if a service's subtree covers them.
+    // Canaries and bypass services first: they must be NXDOMAIN even if a service's subtree
+    // (or a household's addition) covers them.
     if snap
         .names
         .ancestors(&q.name)
@@ -568,15 +633,37 @@ fn decide_trusted(snap: &Snapshot, profile: u16, global: bool, q: &Question) -> 
     {
         return Decision::new(Action::NxDomain, Reason::Canary { profile });
     }
+    if let Some((_, b)) = snap
+        .bypass
+        .ancestors(&q.name)
+        .find(|(_, b)| b.profiles & bit != 0)
+    {
+        return Decision::new(
+            Action::NxDomain,
+            Reason::Bypass {
+                profile,
+                source: b.source,
+            },
+        );
+    }
+    let removed = |name: &[u8]| household.is_some_and(|h| h.removes(name, profile));
+    // A household that removed search gets no safe-search alias for it either.
     if p.is_some_and(|p| p.safe_search)
         && let Some(t) = snap.rewrites.get_exact(&q.name)
+        && !(household.is_some()
+            && snap
+                .names
+                .ancestors(&q.name)
+                .any(|(name, f)| f.profiles & bit != 0 && removed(name)))
     {
         return Decision::new(Action::Rewrite(*t), Reason::SafeSearch { profile });
     }
-    let allowed = snap
-        .names
-        .ancestors(&q.name)
-        .find(|(_, f)| f.profiles & bit != 0 || f.flags & flag::ESSENTIAL != 0);
+    let allowed = snap.names.ancestors(&q.name).find(|(name, f)| {
+        f.flags & flag::ESSENTIAL != 0 || (f.profiles & bit != 0 && !removed(name))
+    });
+    if allowed.is_none() && household.is_some_and(|h| h.allows(&q.name).is_some()) {
+        return Decision::new(Action::Resolve, Reason::HouseholdAllowed { profile });
+    }
     if let Some((_, f)) = allowed {
         return Decision::new(
             Action::Resolve,

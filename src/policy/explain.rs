@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Question, Reason, Snapshot, decide};
+use super::{Question, Reason, Snapshot, Who, decide, identify};
 
 /// A decision with the facts that led to it.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,15 @@ pub struct Explanation {
 
 fn when(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+}
+
+/// Seconds after midnight as `HH:MM` (`HH:MM:SS` when not on a minute).
+fn clock(s: u32) -> String {
+    if s.is_multiple_of(60) {
+        format!("{:02}:{:02}", s / 3600, s / 60 % 60)
+    } else {
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
 }
 
 /// Decides and explains one query.
@@ -93,6 +102,46 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
             when(e.enabled_at),
             snap.enrolled.origin_text(e.origin)
         ));
+        let entry = snap.enrolment_entry(e);
+        if !entry.allow.is_empty() {
+            details.push(format!("household adds: {}", entry.allow.join(", ")));
+        }
+        if !entry.remove.is_empty() {
+            details.push(format!("household removed: {}", entry.remove.join(", ")));
+        }
+        if let Who::Trusted {
+            profile,
+            period: Some(period),
+            ..
+        } = identify(snap, &client, now)
+            && let Some(s) = snap.schedules.get(period.schedule as usize)
+            && let Some(pd) = s.periods.get(period.period as usize)
+        {
+            details.push(format!(
+                "schedule `{}`: period `{}` ({} to {} {}) is in force, so profile `{}` applies",
+                s.id,
+                pd.name,
+                clock(pd.from),
+                clock(pd.to),
+                s.time_zone,
+                snap.profiles
+                    .get(profile as usize)
+                    .map_or("?", |p| p.name.as_str())
+            ));
+        } else if let Some(s) = e
+            .schedule
+            .or_else(|| {
+                snap.profiles
+                    .get(e.profile as usize)
+                    .and_then(|p| p.schedule)
+            })
+            .and_then(|i| snap.schedules.get(i as usize))
+        {
+            details.push(format!(
+                "schedule `{}`: no period in force now ({}), so profile `{p}` applies",
+                s.id, s.time_zone
+            ));
+        }
     }
     if snap.mode.trusted_only_at(now) {
         details.push(format!(
@@ -157,13 +206,55 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, q: &Question, now: i64) -> Explanati
                     .map_or("?", |s| s.as_str())
             ));
         }
-        Reason::TrustedBlocked { profile, .. } => details.push(format!(
-            "{} is not in profile `{}`",
+        Reason::Bypass { source, profile } => details.push(format!(
+            "{} is a way around the trusted zone ({}), NXDOMAIN in profile `{}`",
             q.name.to_text(),
+            snap.name_sources
+                .get(source as usize)
+                .map_or("?", |s| s.as_str()),
             snap.profiles
                 .get(profile as usize)
-                .map_or("(missing)", |p| p.name.as_str())
+                .map_or("?", |p| p.name.as_str())
         )),
+        Reason::HouseholdAllowed { .. } => {
+            let added = client
+                .enrolment
+                .and_then(|e| snap.enrolment(e))
+                .and_then(|e| e.household.as_deref())
+                .and_then(|h| h.allows(&q.name))
+                .map(|a| String::from_utf8_lossy(a).into_owned());
+            details.push(format!(
+                "{} is allowed by the household's own addition `{}`",
+                q.name.to_text(),
+                added.unwrap_or_default()
+            ));
+        }
+        Reason::TrustedBlocked { profile, .. } => {
+            details.push(format!(
+                "{} is not in profile `{}`",
+                q.name.to_text(),
+                snap.profiles
+                    .get(profile as usize)
+                    .map_or("(missing)", |p| p.name.as_str())
+            ));
+            let household = client
+                .enrolment
+                .and_then(|e| snap.enrolment(e))
+                .and_then(|e| e.household.as_deref());
+            let removed = household.and_then(|h| {
+                snap.names.ancestors(&q.name).find(|(n, f)| {
+                    f.profiles & (1u64 << (profile % 64)) != 0 && h.removes(n, profile)
+                })
+            });
+            if let Some((_, f)) = removed {
+                details.push(format!(
+                    "the profile has it ({}), but the household removed that service",
+                    snap.name_sources
+                        .get(f.source as usize)
+                        .map_or("?", |s| s.as_str())
+                ));
+            }
+        }
         _ => {}
     }
     Explanation {

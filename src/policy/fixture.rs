@@ -45,6 +45,10 @@ pub const ALLOWLISTS: &[(&str, &str)] = &[
         "probes:\n  - {name: captive.os.example, vendor: OS, kind: http, expects: 200, quarantine: sinkhole}\n  - {name: dns.probe.example, vendor: OS, kind: dns, expects: 192.0.2.255, quarantine: resolve}\n",
     ),
     (
+        "bypass.yaml",
+        "groups:\n  - id: resolvers\n    profiles: [kids]\n    domains: [dns.google.com, doh.example]\n",
+    ),
+    (
         "essentials.yaml",
         "groups:\n  - id: time\n    domains: [time.example]\ncanaries:\n  - {name: use-application-dns.net, why: DoH canary}\n",
     ),

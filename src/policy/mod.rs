@@ -10,6 +10,7 @@ pub mod decide;
 pub mod explain;
 #[doc(hidden)]
 pub mod fixture;
+pub mod household;
 pub mod names;
 pub mod prefix;
 pub mod rpz;
@@ -86,6 +87,143 @@ pub struct Enrolment {
     pub enabled_at: i64,
     /// Where it was declared.
     pub origin: Origin,
+    /// The household's own additions and removals (most enrolments have none).
+    pub household: Option<Box<Household>>,
+    /// Index into [`Snapshot::schedules`]: this enrolment's own schedule (it wins over its
+    /// profile's).
+    pub schedule: Option<u16>,
+}
+
+/// What one household changed in its profile: names it added, services it removed.
+#[derive(Debug, Clone, Default)]
+pub struct Household {
+    /// Extra allowed names (each with its subtree), normalised.
+    pub allow: Box<[Box<[u8]>]>,
+    /// Removed services (indexes into [`Snapshot::services`]).
+    pub removed: Box<[u32]>,
+    /// The allowlisted names those services bring, each with the profiles (bit mask) in which
+    /// no kept service lists it too.
+    pub removed_names: Box<[(Box<[u8]>, u64)]>,
+}
+
+impl Household {
+    /// The household's own addition that covers `q`, if any.
+    pub fn allows(&self, q: &QName) -> Option<&[u8]> {
+        q.suffixes()
+            .find_map(|s| self.allow.iter().find(|a| ***a == *s).map(|a| &**a))
+    }
+
+    /// True when, in `profile`, the allowlisted name `name` came only from removed services.
+    pub fn removes(&self, name: &[u8], profile: u16) -> bool {
+        let bit = 1u64.checked_shl(u32::from(profile)).unwrap_or(0);
+        self.removed_names
+            .iter()
+            .any(|(r, mask)| **r == *name && mask & bit != 0)
+    }
+}
+
+impl Snapshot {
+    /// `schedule/period` of a period reference, for `explain` and status.
+    pub fn period_name(&self, p: PeriodRef) -> Option<String> {
+        let s = self.schedules.get(p.schedule as usize)?;
+        let period = s.periods.get(p.period as usize)?;
+        Some(format!("{}/{}", s.id, period.name))
+    }
+
+    /// An enrolment as it would be written in a file (or sent to the admin API): profile,
+    /// additions, removed services (ids) and schedule by name.
+    pub fn enrolment_entry(&self, e: &Enrolment) -> sources::EnrolmentEntry {
+        let h = e.household.as_deref();
+        sources::EnrolmentEntry {
+            prefix: sources::Prefix(e.prefix),
+            profile: self
+                .profiles
+                .get(e.profile as usize)
+                .map_or_else(String::new, |p| p.name.clone()),
+            enabled_by: e.enabled_by.to_string(),
+            enabled_at: chrono::DateTime::from_timestamp(e.enabled_at, 0).unwrap_or_default(),
+            force: false,
+            allow: h.map_or_else(Vec::new, |h| {
+                h.allow
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            }),
+            remove: h.map_or_else(Vec::new, |h| {
+                h.removed
+                    .iter()
+                    .filter_map(|i| self.services.get(*i as usize).map(|s| s.0.clone()))
+                    .collect()
+            }),
+            schedule: e
+                .schedule
+                .and_then(|i| self.schedules.get(i as usize))
+                .map(|s| s.id.clone()),
+        }
+    }
+}
+
+/// A weekly schedule: periods during which a different profile applies.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Identifier (`schedules.yaml`).
+    pub id: String,
+    /// The time zone its times are written in (IANA name, e.g. `Europe/Brussels`).
+    pub time_zone: String,
+    pub(crate) tz: jiff::tz::TimeZone,
+    /// Periods, first match wins.
+    pub periods: Vec<Period>,
+}
+
+/// One period of a schedule: on these weekdays, from `from` to `to` (seconds after local
+/// midnight; `to < from` runs past midnight into the next day), `profile` applies.
+#[derive(Debug, Clone)]
+pub struct Period {
+    /// Name shown by `explain` (`school`, `night`).
+    pub name: String,
+    /// Bit 0 Monday … bit 6 Sunday: the days the period starts on.
+    pub days: u8,
+    /// Start, seconds after local midnight.
+    pub from: u32,
+    /// End (exclusive), seconds after local midnight.
+    pub to: u32,
+    /// Index into [`Snapshot::profiles`].
+    pub profile: u16,
+}
+
+impl Schedule {
+    /// The period in force at `now` (unix seconds), if any. Pure: the clock is an argument.
+    pub fn period_at(&self, now: i64) -> Option<u16> {
+        let offset = jiff::Timestamp::from_second(now)
+            .map(|t| i64::from(self.tz.to_offset(t).seconds()))
+            .unwrap_or(0);
+        let local = now + offset;
+        let day = local.div_euclid(86_400);
+        let second = local.rem_euclid(86_400) as u32;
+        // 1970-01-01 was a Thursday (3 with Monday = 0).
+        let weekday = (day + 3).rem_euclid(7) as u8;
+        let yesterday = (weekday + 6) % 7;
+        self.periods
+            .iter()
+            .position(|p| {
+                let on = |d: u8| p.days & (1 << d) != 0;
+                if p.from <= p.to {
+                    on(weekday) && p.from <= second && second < p.to
+                } else {
+                    (on(weekday) && second >= p.from) || (on(yesterday) && second < p.to)
+                }
+            })
+            .map(|i| i as u16)
+    }
+}
+
+/// A period of a schedule, as [`identify`] found it in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodRef {
+    /// Index into [`Snapshot::schedules`].
+    pub schedule: u16,
+    /// Index into that schedule's periods.
+    pub period: u16,
 }
 
 /// A whitelisted organisation, compiled.
@@ -164,6 +302,9 @@ pub struct Profile {
     pub safe_search: bool,
     /// Service indexes included.
     pub services: Vec<u32>,
+    /// Index into [`Snapshot::schedules`]: the schedule every enrolment in this profile follows
+    /// (unless the enrolment has its own).
+    pub schedule: Option<u16>,
 }
 
 /// Flags on an allowlisted name.
@@ -188,6 +329,15 @@ pub struct NameFlags {
     /// [`flag`] bits.
     pub flags: u8,
     /// Index into [`Snapshot::name_sources`]: the first service or group that listed it.
+    pub source: u32,
+}
+
+/// Bypass services listed in `allowlists/bypass.yaml`: NXDOMAIN in the profiles named.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BypassFlags {
+    /// Bit `i` set: NXDOMAIN in profile `i`.
+    pub profiles: u64,
+    /// Index into [`Snapshot::name_sources`]: the group that listed it.
     pub source: u32,
 }
 
@@ -335,6 +485,13 @@ impl EnrolmentSet {
     pub fn origin_text(&self, o: Origin) -> String {
         origin_text(&self.files, o)
     }
+
+    /// The enrolment of exactly this prefix.
+    pub fn exact(&self, net: IpNet) -> Option<&Enrolment> {
+        self.map
+            .get_exact(net)
+            .and_then(|i| self.entries.get(*i as usize))
+    }
 }
 
 /// One immutable, validated version of the whole policy. Built by [`compile`], swapped whole.
@@ -363,6 +520,9 @@ pub struct Snapshot {
     /// Curated services: `(id, display name, category)`.
     pub services: Vec<(String, String, String)>,
     pub(crate) names: NameMap<NameFlags>,
+    pub(crate) bypass: NameMap<BypassFlags>,
+    /// Weekly schedules (`schedules.yaml`).
+    pub schedules: Vec<Schedule>,
     /// Human-readable origin of allowlisted names (`service kbc`, `remediation antivirus`...).
     pub name_sources: Vec<String>,
     pub(crate) rewrites: NameMap<u16>,

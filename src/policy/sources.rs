@@ -144,6 +144,68 @@ pub struct EnrolmentEntry {
     /// Accept a prefix shorter than `policy.min_prefix_v4`/`v6` (a whole network on purpose).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// The household's own extra allowed names, each with its subtree (the school portal, a
+    /// club's site); at most `policy.household_max_names`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Services (ids) or whole categories the household removed from its profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// A schedule from `schedules.yaml` for this enrolment (wins over its profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+/// `schedules.yaml`: weekly schedules that put another profile in force for a period.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulesFile {
+    /// IANA time zone the times are written in (e.g. `Europe/Brussels`).
+    pub time_zone: String,
+    /// The schedules.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleDef>,
+    /// Profile → schedule every enrolment in that profile follows (unless it has its own).
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, String>,
+}
+
+/// One weekly schedule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDef {
+    /// Identifier, referenced by profiles and enrolments.
+    pub id: String,
+    /// One line.
+    #[serde(default)]
+    pub description: String,
+    /// Overrides the file's `time_zone` for this schedule.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Periods, first match wins; outside every period the enrolment's own profile applies.
+    pub periods: Vec<PeriodDef>,
+}
+
+/// One period: on `days`, from `from` to `to` (local `HH:MM` or `HH:MM:SS`; `to` before
+/// `from` runs past midnight into the next day), `profile` applies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodDef {
+    /// Shown by `explain` (`school`, `night`).
+    pub name: String,
+    /// `mon` … `sun`, `weekdays`, `weekend` or `daily`: the days the period starts on.
+    pub days: Vec<String>,
+    /// Start, local time.
+    pub from: String,
+    /// End (exclusive), local time.
+    pub to: String,
+    /// The profile in force during the period.
+    pub profile: String,
+}
+
+/// Parses `schedules.yaml`.
+pub fn parse_schedules(file: &str, text: &str) -> Result<SchedulesFile, PolicyError> {
+    parse_yaml(file, text)
 }
 
 /// How an organisation stands with the ISP.
@@ -604,6 +666,28 @@ pub struct Canary {
     pub why: String,
 }
 
+/// Names answered NXDOMAIN in some profiles: public DoH/DoT resolvers, VPN and proxy services a
+/// child could use to get around the trusted zone (`allowlists/bypass.yaml`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassGroup {
+    /// Identifier.
+    pub id: String,
+    /// One line.
+    #[serde(default)]
+    pub description: String,
+    /// Profiles in which these names answer NXDOMAIN.
+    pub profiles: Vec<String>,
+    /// Names (subtrees).
+    pub domains: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BypassFile {
+    groups: Vec<BypassGroup>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EssentialsFile {
@@ -633,6 +717,8 @@ pub struct Allowlists {
     pub essentials: Vec<Group>,
     /// Canaries.
     pub canaries: Vec<Canary>,
+    /// Bypass services (NXDOMAIN in the profiles each group names).
+    pub bypass: Vec<BypassGroup>,
 }
 
 impl Allowlists {
@@ -652,6 +738,9 @@ impl Allowlists {
             "remediation.yaml" => self
                 .remediation
                 .extend(parse_yaml::<RemediationFile>(display, text)?.groups),
+            "bypass.yaml" => self
+                .bypass
+                .extend(parse_yaml::<BypassFile>(display, text)?.groups),
             "probes.yaml" => self
                 .probes
                 .extend(parse_yaml::<ProbesFile>(display, text)?.probes),
@@ -710,6 +799,7 @@ pub fn is_policy_file(name: &str) -> bool {
         || (name.starts_with("enrolments") && yaml)
         || (name.starts_with("organisations") && yaml)
         || name == "mode.yaml"
+        || name == "schedules.yaml"
 }
 
 fn read_text(path: &Path) -> Result<String, ReadError> {

@@ -69,6 +69,11 @@ const MIGRATIONS: &[&str] = &[
     // 7: prefixes shorter than policy.min_prefix_* accepted on purpose (--force).
     "ALTER TABLE infected ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE enrolments ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
+    // 8: households' own additions, removed services and schedule (JSON arrays, id);
+    //    the admin token that made each change.
+    "ALTER TABLE enrolments ADD COLUMN allow TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE enrolments ADD COLUMN remove TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE enrolments ADD COLUMN schedule TEXT;",
 ];
 
 /// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
@@ -99,6 +104,14 @@ pub struct SqliteStore {
 
 fn ts(t: i64) -> Result<DateTime<Utc>, StateError> {
     DateTime::from_timestamp(t, 0).ok_or_else(|| StateError::Corrupt(format!("timestamp {t}")))
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(s: &str) -> Result<Vec<String>, StateError> {
+    serde_json::from_str(s).map_err(|e| StateError::Corrupt(format!("list {s}: {e}")))
 }
 
 fn prefix(s: &str) -> Result<Prefix, StateError> {
@@ -213,12 +226,31 @@ impl StateStore for SqliteStore {
             let tx = c.transaction()?;
             let p = e.prefix.to_string();
             tx.execute(
-                "INSERT OR REPLACE INTO enrolments (prefix, profile, enabled_by, enabled_at, forced) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![p, e.profile, e.enabled_by, e.enabled_at.timestamp(), e.force],
+                "INSERT OR REPLACE INTO enrolments (prefix, profile, enabled_by, enabled_at, forced, allow, remove, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    p,
+                    e.profile,
+                    e.enabled_by,
+                    e.enabled_at.timestamp(),
+                    e.force,
+                    json_list(&e.allow),
+                    json_list(&e.remove),
+                    e.schedule
+                ],
             )?;
             tx.execute("DELETE FROM unenrolled WHERE prefix = ?1", params![p])?;
             let forced = if e.force { " FORCED: a whole network" } else { "" };
-            Self::audit(&tx, actor, "enrol", &format!("{p} {}{forced}", e.profile))?;
+            let mut detail = format!("{p} {}{forced}", e.profile);
+            if !e.allow.is_empty() {
+                detail += &format!("; adds {}", e.allow.join(", "));
+            }
+            if !e.remove.is_empty() {
+                detail += &format!("; removes {}", e.remove.join(", "));
+            }
+            if let Some(s) = &e.schedule {
+                detail += &format!("; schedule {s}");
+            }
+            Self::audit(&tx, actor, "enrol", &detail)?;
             tx.commit()?;
             Ok(())
         })
@@ -667,18 +699,24 @@ impl StateStore for SqliteStore {
                 let (p, at) = row?;
                 o.cleared.push((prefix(&p)?.0, at));
             }
-            let mut st = c.prepare("SELECT prefix, profile, enabled_by, enabled_at, forced FROM enrolments ORDER BY prefix")?;
+            let mut st = c.prepare("SELECT prefix, profile, enabled_by, enabled_at, forced, allow, remove, schedule FROM enrolments ORDER BY prefix")?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?))
+                Ok((
+                    (r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?),
+                    (r.get::<_, bool>(4)?, r.get::<_, String>(5)?, r.get::<_, String>(6)?, r.get(7)?),
+                ))
             })?;
             for row in rows {
-                let (p, profile, enabled_by, at, force) = row?;
+                let ((p, profile, enabled_by, at), (force, allow, remove, schedule)) = row?;
                 o.enrolments.push(EnrolmentEntry {
                     prefix: prefix(&p)?,
                     profile,
                     enabled_by,
                     enabled_at: ts(at)?,
                     force,
+                    allow: parse_list(&allow)?,
+                    remove: parse_list(&remove)?,
+                    schedule,
                 });
             }
             let mut st = c.prepare("SELECT prefix FROM unenrolled ORDER BY prefix")?;

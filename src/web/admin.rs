@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -22,7 +22,9 @@ use hickory_proto::rr::RecordType;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::{ApiToken, Scope};
 use crate::policy::explain::explain;
+use crate::policy::household::{self, HouseholdDef};
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
 use crate::policy::{ModeOverride, Question};
 use crate::store::PolicyStore;
@@ -32,8 +34,8 @@ use crate::store::PolicyStore;
 pub struct AdminState {
     /// The policy.
     pub store: Arc<PolicyStore>,
-    /// Bearer token; `None` refuses every `/v1/` call.
-    pub token: Option<Arc<str>>,
+    /// Bearer tokens and their scopes; none refuses every `/v1/` call.
+    pub tokens: Arc<[ApiToken]>,
     /// Set once sockets are bound and the first policy serves.
     pub ready: Arc<AtomicBool>,
     /// Prometheus renderer.
@@ -49,7 +51,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/mode", put(set_mode).delete(clear_mode))
         .route("/v1/infected", post(flag).delete(unflag))
-        .route("/v1/enrolments", post(enrol).delete(unenrol))
+        .route(
+            "/v1/enrolments",
+            get(show_enrolment)
+                .post(enrol)
+                .patch(edit_household)
+                .delete(unenrol),
+        )
         .route("/v1/explain", get(explain_query))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(list_alerts))
@@ -63,19 +71,74 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Who made a call (from `X-Cleanpipe-Actor`, default `admin-api`), for the audit log.
+/// Who made a call, for the audit log: `X-Cleanpipe-Actor` (default `admin-api`) and, for any
+/// token but `admin`, the token's name (`alice [token customer-portal]`).
 #[derive(Clone)]
 struct Actor(String);
 
-/// Rejects `/v1/` calls without the right bearer token before any body is read.
-async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
-    match authorise(&s, req.headers()) {
-        Ok(actor) => {
-            req.extensions_mut().insert(Actor(actor));
-            next.run(req).await
+/// The scopes that may make a call (`admin` always may). `None`: unknown route (404 follows).
+fn scopes_for(method: &Method, path: &str) -> Option<&'static [Scope]> {
+    use Scope::*;
+    const READ: &[Scope] = &[ReadOnly, Noc, AbuseDesk];
+    let read = *method == Method::GET;
+    Some(match path {
+        "/v1/status" | "/v1/audit" | "/v1/alerts" | "/v1/explain" => READ,
+        "/v1/enrolments" if read => &[Provisioning, ReadOnly, Noc, AbuseDesk],
+        "/v1/enrolments" => &[Provisioning],
+        "/v1/misses" => &[ReadOnly, Noc],
+        "/v1/reload" | "/v1/mode" => &[Noc],
+        "/v1/infected" | "/v1/alerts/{id}/{action}" | "/v1/organisations/{id}/reinstate" => {
+            &[AbuseDesk]
         }
-        Err(e) => e.into_response(),
+        _ => return None,
+    })
+}
+
+/// Rejects `/v1/` calls without a known bearer token (401) or outside the token's scopes (403)
+/// before any body is read.
+async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let token = match authorise(&s, req.headers()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |m| m.as_str().to_owned());
+    let allowed = token.scopes.contains(&Scope::Admin)
+        || scopes_for(req.method(), &path)
+            .is_some_and(|need| need.iter().any(|n| token.scopes.contains(n)));
+    if !allowed {
+        metrics::counter!(crate::metrics::ADMIN_FORBIDDEN).increment(1);
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token `{}` (scopes: {}) may not {} {path}",
+                token.name,
+                token
+                    .scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                req.method()
+            ),
+        )
+        .into_response();
     }
+    let who = req
+        .headers()
+        .get("x-cleanpipe-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 100 && !s.chars().any(char::is_control))
+        .unwrap_or("admin-api");
+    let actor = if token.name == "admin" {
+        who.to_owned()
+    } else {
+        format!("{who} [token {}]", token.name)
+    };
+    req.extensions_mut().insert(Actor(actor));
+    next.run(req).await
 }
 
 /// Errors answered as JSON `{ "error": ... }`.
@@ -102,29 +165,31 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks the bearer token; returns the actor for the audit log.
-fn authorise(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The token the bearer header names (every token is compared, in constant time each).
+fn authorise<'a>(state: &'a AdminState, headers: &HeaderMap) -> Result<&'a ApiToken, ApiError> {
     let unauthorised = || {
         ApiError(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token".into(),
         )
     };
-    let token = state.token.as_deref().ok_or_else(unauthorised)?;
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorised)?;
-    if !same(given.trim().as_bytes(), token.as_bytes()) {
-        return Err(unauthorised());
-    }
-    Ok(headers
-        .get("x-cleanpipe-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 100)
-        .unwrap_or("admin-api")
-        .to_owned())
+    let given = given.trim().as_bytes();
+    state
+        .tokens
+        .iter()
+        .fold(None, |found, t| {
+            if same(given, t.secret.as_bytes()) {
+                Some(t)
+            } else {
+                found
+            }
+        })
+        .ok_or_else(unauthorised)
 }
 
 async fn reload_now(store: &Arc<PolicyStore>) -> Result<u64, ApiError> {
@@ -375,7 +440,7 @@ async fn unflag(
     Ok(Json(json!({ "generation": generation })))
 }
 
-/// Body of `POST /v1/enrolments`.
+/// Body of `POST /v1/enrolments`: creates or replaces an enrolment.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnrolBody {
@@ -384,6 +449,15 @@ struct EnrolBody {
     /// Accept a prefix shorter than the configured minimum (recorded in the audit log).
     #[serde(default)]
     force: bool,
+    /// The household's extra allowed names.
+    #[serde(default)]
+    allow: Vec<String>,
+    /// Services or categories the household removed.
+    #[serde(default)]
+    remove: Vec<String>,
+    /// The enrolment's own schedule.
+    #[serde(default)]
+    schedule: Option<String>,
 }
 
 async fn enrol(
@@ -391,15 +465,6 @@ async fn enrol(
     Extension(Actor(actor)): Extension<Actor>,
     Json(b): Json<EnrolBody>,
 ) -> ApiResult {
-    let snap = s.store.snapshot();
-    if snap.profile_index(&b.profile).is_none() {
-        let known: Vec<_> = snap.profiles.iter().map(|p| p.name.as_str()).collect();
-        return Err(bad(format!(
-            "unknown profile `{}` (known: {})",
-            b.profile,
-            known.join(", ")
-        )));
-    }
     refuse_short(&s, b.prefix, b.force, "enrolment")?;
     let e = EnrolmentEntry {
         prefix: b.prefix,
@@ -407,11 +472,154 @@ async fn enrol(
         enabled_by: actor.clone(),
         enabled_at: Utc::now(),
         force: b.force,
+        allow: b.allow,
+        remove: b.remove,
+        schedule: b.schedule.filter(|s| !s.is_empty()),
     };
+    save_enrolment(&s, e, actor).await
+}
+
+/// Checks an enrolment against the serving policy (profile, household names, services,
+/// schedule), so that nothing the API accepts can break a reload; then writes and applies it.
+async fn save_enrolment(s: &AdminState, e: EnrolmentEntry, actor: String) -> ApiResult {
+    let snap = s.store.snapshot();
+    let mut problems = Vec::new();
+    if snap.profile_index(&e.profile).is_none() {
+        let known: Vec<_> = snap.profiles.iter().map(|p| p.name.as_str()).collect();
+        problems.push(format!(
+            "unknown profile `{}` (known: {})",
+            e.profile,
+            known.join(", ")
+        ));
+    }
+    let def = HouseholdDef {
+        allow: &e.allow,
+        remove: &e.remove,
+        schedule: e.schedule.as_deref(),
+    };
+    problems.extend(household::check(&snap, def, s.store.household_max_names()));
+    if !problems.is_empty() {
+        return Err(bad(problems.join("; ")));
+    }
+    let prefix = e.prefix;
     let st = s.store.state().clone();
     blocking(move || st.enrol(&e, &actor)).await?;
     let generation = reload_now(&s.store).await?;
-    Ok(Json(json!({ "generation": generation })))
+    let snap = s.store.snapshot();
+    let entry = snap
+        .enrolled
+        .exact(prefix.0)
+        .map(|e| snap.enrolment_entry(e));
+    Ok(Json(
+        json!({ "generation": generation, "enrolment": entry }),
+    ))
+}
+
+/// `?prefix=` of `GET /v1/enrolments`.
+#[derive(Deserialize)]
+struct PrefixQuery {
+    prefix: Prefix,
+}
+
+/// One enrolment as in force: profile, household, schedule and the profile in force now.
+async fn show_enrolment(State(s): State<AdminState>, Query(q): Query<PrefixQuery>) -> ApiResult {
+    let snap = s.store.snapshot();
+    let Some(e) = snap.enrolled.exact(q.prefix.0) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{} is not enrolled", q.prefix),
+        ));
+    };
+    let now = Utc::now().timestamp();
+    let view = snap.classify(q.prefix.0.network());
+    let (in_force, period) = match crate::policy::identify(&snap, &view, now) {
+        crate::policy::Who::Trusted {
+            profile, period, ..
+        } => (
+            snap.profiles.get(profile as usize).map(|p| p.name.clone()),
+            period.and_then(|p| snap.period_name(p)),
+        ),
+        _ => (None, None),
+    };
+    Ok(Json(json!({
+        "enrolment": snap.enrolment_entry(e),
+        "origin": snap.enrolled.origin_text(e.origin),
+        "profile_now": in_force,
+        "period_now": period,
+    })))
+}
+
+/// Body of `PATCH /v1/enrolments`: changes to a household's additions, removals and schedule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HouseholdBody {
+    prefix: Prefix,
+    /// Names to add.
+    #[serde(default)]
+    allow: Vec<String>,
+    /// Added names to take back.
+    #[serde(default)]
+    disallow: Vec<String>,
+    /// Services or categories to remove.
+    #[serde(default)]
+    remove: Vec<String>,
+    /// Removed services or categories to give back.
+    #[serde(default)]
+    restore: Vec<String>,
+    /// A schedule to follow; `""` to follow the profile's again.
+    #[serde(default)]
+    schedule: Option<String>,
+}
+
+async fn edit_household(
+    State(s): State<AdminState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Json(b): Json<HouseholdBody>,
+) -> ApiResult {
+    let snap = s.store.snapshot();
+    let Some(current) = snap.enrolled.exact(b.prefix.0) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("{} is not enrolled: enrol it first (POST)", b.prefix),
+        ));
+    };
+    let mut e = snap.enrolment_entry(current);
+    e.force =
+        crate::policy::compile::too_short(b.prefix.0, false, s.store.min_prefix(), "").is_some();
+    let norm = |n: &str| household::household_name(n).unwrap_or_else(|_| n.to_owned());
+    for n in &b.allow {
+        if !e.allow.iter().any(|a| *a == norm(n)) {
+            e.allow.push(n.clone());
+        }
+    }
+    e.allow
+        .retain(|a| !b.disallow.iter().any(|d| norm(d) == *a));
+    // Categories are kept as the services they expand to, so a restore may name either.
+    let expand = |r: &str| -> Vec<String> {
+        let ids: Vec<String> = snap
+            .services
+            .iter()
+            .filter(|(id, _, c)| id == r || c == r)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            vec![r.to_owned()]
+        } else {
+            ids
+        }
+    };
+    for r in b.remove.iter().flat_map(|r| expand(r)) {
+        if !e.remove.contains(&r) {
+            e.remove.push(r);
+        }
+    }
+    let restored: Vec<String> = b.restore.iter().flat_map(|r| expand(r)).collect();
+    e.remove.retain(|r| !restored.contains(r));
+    if let Some(sched) = b.schedule {
+        e.schedule = (!sched.is_empty()).then_some(sched);
+    }
+    drop(snap);
+    save_enrolment(&s, e, actor).await
 }
 
 async fn unenrol(

@@ -97,10 +97,14 @@ fn every_profile_is_non_empty_and_kids_stays_inside_its_categories() {
     let lists = parsed();
     let s = snapshot();
     for p in &s.profiles {
-        assert!(
-            !p.services.is_empty(),
-            "profile {} resolves to no service",
-            p.name
+        // essentials-only is empty on purpose (night time in a schedule); every other profile
+        // must resolve to services.
+        assert_eq!(
+            p.services.is_empty(),
+            p.name == "essentials-only",
+            "profile {} resolves to {} services",
+            p.name,
+            p.services.len()
         );
     }
     let (_, kids) = lists
@@ -293,4 +297,128 @@ fn quarantine_reaches_remediation_and_pops_up_the_portal() {
         Action::Sinkhole(cleanpipe::policy::Page::Cleanup),
         "banks are not remediation"
     );
+}
+
+#[test]
+fn every_service_cites_the_vendor_page_its_names_come_from() {
+    let lists = parsed();
+    let date = |d: &str| {
+        d.len() == 10
+            && d.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+    };
+    for (file, s) in &lists.services {
+        assert!(!s.sources.is_empty(), "{file}: {} cites no source", s.id);
+        for src in &s.sources {
+            assert!(
+                src.url.starts_with("https://") && src.url.len() > 12,
+                "{file}: {}: source `{}` is not an https URL",
+                s.id,
+                src.url
+            );
+            assert!(
+                date(&src.read) || src.read == "not-fetched",
+                "{file}: {}: `read: {}` is neither a date (YYYY-MM-DD) nor not-fetched",
+                s.id,
+                src.read
+            );
+        }
+    }
+}
+
+/// The labels after the last wildcard of a vendor pattern (`*.b.c`, `*cdn.b.c`, `a.*.b.c` →
+/// `b.c`): a pattern is covered when that name is.
+fn after_wildcard(host: &str) -> &str {
+    match host.rfind('*') {
+        None => host,
+        Some(i) => host[i..].split_once('.').map_or("", |(_, rest)| rest),
+    }
+}
+
+#[test]
+fn the_allowlists_cover_ninety_percent_of_the_vendor_host_lists() {
+    let s = snapshot();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vendor-hosts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/data/vendor-hosts")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "the vendor host lists are missing");
+    let (mut total, mut covered) = (0usize, 0usize);
+    let mut report = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read");
+        assert!(
+            text.contains("# source: https://") && text.contains("# read: "),
+            "{}: says where it comes from and when it was read",
+            f.display()
+        );
+        let (mut n, mut ok, mut missing) = (0usize, 0usize, Vec::new());
+        for line in text.lines() {
+            let host = line.split('#').next().unwrap_or("").trim();
+            if host.is_empty() {
+                continue;
+            }
+            n += 1;
+            let name = after_wildcard(host);
+            // Covered: clean-pipe (the whole trusted zone plus essentials) resolves it.
+            if !name.is_empty() && ask(&s, "192.0.2.1", name).0 == Action::Resolve {
+                ok += 1;
+            } else {
+                missing.push(host.to_owned());
+            }
+        }
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_owned();
+        let pct = 100.0 * ok as f64 / n.max(1) as f64;
+        report.push(format!(
+            "{name}: {ok}/{n} = {pct:.1} % (missing: {missing:?})"
+        ));
+        assert!(pct >= 90.0, "{name} below 90 %: {}", report.join("\n"));
+        total += n;
+        covered += ok;
+    }
+    let pct = 100.0 * covered as f64 / total as f64;
+    println!(
+        "{}\noverall {covered}/{total} = {pct:.1} %",
+        report.join("\n")
+    );
+    assert!(pct >= 90.0, "overall coverage {pct:.1} % < 90 %");
+}
+
+#[test]
+fn bypass_services_answer_nxdomain_for_kids_only() {
+    let s = snapshot();
+    // dns.google.com lies inside google.com, which kids reach (with safe search): the bypass
+    // list must still win. The VPN's site would otherwise get the information page.
+    for name in [
+        "dns.google.com",
+        "cloudflare-dns.com",
+        "nordvpn.com",
+        "www.nordvpn.com",
+    ] {
+        let (action, reason) = ask(&s, "192.0.2.2", name);
+        assert_eq!(action, Action::NxDomain, "kids: {name}");
+        assert!(
+            matches!(reason, Reason::Bypass { .. } | Reason::Canary { .. }),
+            "kids: {name}: {reason:?}"
+        );
+    }
+    assert!(matches!(
+        ask(&s, "192.0.2.2", "nordvpn.com").1,
+        Reason::Bypass { .. }
+    ));
+    // clean-pipe keeps the Google name inside its Google services; nobody else is affected.
+    assert_eq!(ask(&s, "192.0.2.1", "dns.google.com").0, Action::Resolve);
+    assert_eq!(ask(&s, "192.0.2.9", "nordvpn.com").1, Reason::Normal);
 }

@@ -369,3 +369,246 @@ fn row2_self_release_lifts_quarantine_until_it_ends_or_a_newer_report() {
         Action::Sinkhole(Page::Cleanup)
     );
 }
+
+#[test]
+fn bypass_services_are_nxdomain_in_the_profiles_listed_only() {
+    let s = snapshot();
+    let kids = "2001:db8:20:2000::1";
+    for name in ["dns.google.com", "a.doh.example"] {
+        let d = a(&s, kids, name);
+        assert_eq!(d.action, Action::NxDomain, "kids: {name}");
+        assert!(matches!(d.reason, Reason::Bypass { .. }), "{:?}", d.reason);
+        assert_eq!(d.reason.ede().map(|e| e.0), Some(17));
+    }
+    // The rest of google.com stays as it was for kids (safe search), and clean-pipe keeps
+    // dns.google.com: it lies inside google.com and the list names kids only.
+    assert!(matches!(
+        a(&s, kids, "www.google.com").action,
+        Action::Rewrite(_)
+    ));
+    assert_eq!(
+        a(&s, "192.0.2.20", "dns.google.com").action,
+        Action::Resolve
+    );
+    assert_eq!(a(&s, "192.0.2.1", "doh.example").reason, Reason::Normal);
+}
+
+const HOUSEHOLDS: &str = "enrolments:\n  - prefix: 192.0.2.30\n    profile: kids\n    enabled_by: portal\n    enabled_at: 2026-11-01T10:00:00Z\n    allow: [portal.club.example, Homework.Example.]\n    remove: [school]\n  - prefix: 192.0.2.32\n    profile: kids\n    enabled_by: portal\n    enabled_at: 2026-11-01T10:00:00Z\n    remove: [search]\n";
+
+#[test]
+fn a_household_adds_names_and_removes_services_for_itself_only() {
+    let s = snapshot_with(
+        &[("enrolments-households.yaml", HOUSEHOLDS)],
+        &Overrides::default(),
+    );
+    let home = "192.0.2.30";
+    for name in [
+        "portal.club.example",
+        "www.portal.club.example",
+        "homework.example",
+    ] {
+        let d = a(&s, home, name);
+        assert_eq!(d.action, Action::Resolve, "{name}");
+        assert!(
+            matches!(d.reason, Reason::HouseholdAllowed { .. }),
+            "{name}: {:?}",
+            d.reason
+        );
+    }
+    // Only what was added: the parent domain stays outside.
+    assert_eq!(
+        a(&s, home, "club.example").action,
+        Action::Sinkhole(Page::Info)
+    );
+    // The removed school service is gone, with the login it shared with nobody else in kids.
+    for name in ["school.example", "www.school.example", "sso.example"] {
+        let d = a(&s, home, name);
+        assert!(
+            matches!(d.reason, Reason::TrustedBlocked { .. }),
+            "{name}: {:?}",
+            d.reason
+        );
+    }
+    // Another kids household keeps school and gets none of these additions.
+    let kids = "2001:db8:20:2000::1";
+    assert_eq!(a(&s, kids, "school.example").action, Action::Resolve);
+    assert_eq!(a(&s, kids, "sso.example").action, Action::Resolve);
+    assert_eq!(
+        a(&s, kids, "portal.club.example").action,
+        Action::Sinkhole(Page::Info)
+    );
+    // Removing a category removes its services, and their safe-search aliases with them.
+    let no_search = "192.0.2.32";
+    for name in ["google.com", "www.google.com", "maps.google.com"] {
+        let d = a(&s, no_search, name);
+        assert!(
+            matches!(d.reason, Reason::TrustedBlocked { .. }),
+            "{name}: {:?}",
+            d.reason
+        );
+    }
+    assert_eq!(a(&s, no_search, "school.example").action, Action::Resolve);
+    // Canaries and bypass services win over a household's additions.
+    let with_bypass = HOUSEHOLDS.replace("Homework.Example.", "doh.example");
+    let s = snapshot_with(
+        &[("enrolments-households.yaml", &with_bypass)],
+        &Overrides::default(),
+    );
+    assert!(matches!(
+        a(&s, home, "doh.example").reason,
+        Reason::Bypass { .. }
+    ));
+}
+
+#[test]
+fn household_entries_that_would_open_the_zone_are_refused_with_their_line() {
+    for (bad, says) in [
+        ("allow: [com]", "top-level domain"),
+        ("allow: [\"*\"]", "wildcards"),
+        ("allow: [co.uk]", "public suffix"),
+        ("remove: [gambling]", "cannot remove `gambling`"),
+        ("schedule: nights", "unknown schedule `nights`"),
+    ] {
+        let text = format!(
+            "enrolments:\n  - prefix: 192.0.2.30\n    profile: kids\n    enabled_by: portal\n    enabled_at: 2026-11-01T10:00:00Z\n    {bad}\n"
+        );
+        let errs = compile(
+            &fixture::sources(&[("enrolments-households.yaml", &text)]),
+            &Overrides::default(),
+            &fixture::options(),
+        )
+        .expect_err(bad);
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter()
+                .any(|e| e.contains(says) && e.contains("enrolments-households.yaml:2")),
+            "{bad}: {all:?}"
+        );
+    }
+    let many: Vec<String> = (0..51).map(|i| format!("site{i}.example")).collect();
+    let text = format!(
+        "enrolments:\n  - prefix: 192.0.2.30\n    profile: kids\n    enabled_by: portal\n    enabled_at: 2026-11-01T10:00:00Z\n    allow: [{}]\n",
+        many.join(", ")
+    );
+    let errs = compile(
+        &fixture::sources(&[("enrolments-households.yaml", &text)]),
+        &Overrides::default(),
+        &fixture::options(),
+    )
+    .expect_err("51 names");
+    assert!(
+        errs.iter().any(|e| e.to_string().contains("at most 50")),
+        "{errs:?}"
+    );
+}
+
+const SCHEDULES: &str = "time_zone: Europe/Brussels\nschedules:\n  - id: school-nights\n    periods:\n      - {name: school, days: [weekdays], from: \"08:30\", to: \"15:30\", profile: kids}\n      - {name: night, days: [sun, mon, tue, wed, thu], from: \"21:00\", to: \"07:00\", profile: kids}\n";
+
+fn who(s: &Snapshot, client: &str, now: i64) -> Who {
+    identify(s, &s.classify(client.parse().expect("ip")), now)
+}
+
+#[test]
+fn a_schedule_changes_the_profile_by_local_time_and_weekday() {
+    let enrol = "enrolments:\n  - prefix: 192.0.2.31\n    profile: clean-pipe\n    enabled_by: portal\n    enabled_at: 2026-11-01T10:00:00Z\n    schedule: school-nights\n";
+    let s = snapshot_with(
+        &[("schedules.yaml", SCHEDULES), ("enrolments-31.yaml", enrol)],
+        &Overrides::default(),
+    );
+    let client = "192.0.2.31";
+    let kids = s.profile_index("kids").expect("kids");
+    let clean = s.profile_index("clean-pipe").expect("clean-pipe");
+    // (local time, Europe/Brussels; expected profile; expected period)
+    for (now, what, profile, period) in [
+        (1_794_992_400, "Wed 10:00", kids, Some(0)),
+        (1_795_012_199, "Wed 15:29:59", kids, Some(0)),
+        (1_795_012_200, "Wed 15:30", clean, None),
+        (1_795_035_600, "Wed 22:00", kids, Some(1)),
+        (
+            1_795_067_999,
+            "Thu 06:59:59 (night from Wednesday)",
+            kids,
+            Some(1),
+        ),
+        (1_795_068_000, "Thu 07:00", clean, None),
+        (1_795_251_600, "Sat 10:00", clean, None),
+        (
+            1_795_323_600,
+            "Sun 06:00 (Saturday night is free)",
+            clean,
+            None,
+        ),
+        (1_795_410_000, "Mon 06:00 (Sunday night)", kids, Some(1)),
+        (
+            1_782_888_300,
+            "Wed 1 July 08:45 CEST (summer time)",
+            kids,
+            Some(0),
+        ),
+    ] {
+        match who(&s, client, now) {
+            Who::Trusted {
+                profile: p,
+                period: got,
+                global: false,
+            } => {
+                assert_eq!(p, profile, "{what}");
+                assert_eq!(got.map(|g| g.period), period, "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        let bank = ask(&s, client, "bank.example", RecordType::A, now).action;
+        let want = if profile == kids {
+            Action::Sinkhole(Page::Info)
+        } else {
+            Action::Resolve
+        };
+        assert_eq!(bank, want, "{what}: bank.example");
+    }
+    // A profile's schedule applies to every enrolment in it that has none of its own.
+    let by_profile = format!("{SCHEDULES}profiles:\n  clean-pipe: school-nights\n");
+    let s = snapshot_with(&[("schedules.yaml", &by_profile)], &Overrides::default());
+    assert!(matches!(
+        who(&s, "192.0.2.20", 1_794_992_400),
+        Who::Trusted { profile, period: Some(_), .. } if profile == kids
+    ));
+    assert!(matches!(
+        who(&s, "192.0.2.20", 1_795_251_600),
+        Who::Trusted { profile, period: None, .. } if profile == clean
+    ));
+}
+
+#[test]
+fn broken_schedules_are_refused_with_what_is_wrong() {
+    for (bad, says) in [
+        (
+            SCHEDULES.replace("Europe/Brussels", "Europe/Atlantis"),
+            "time zone `Europe/Atlantis`",
+        ),
+        (
+            SCHEDULES.replace("\"08:30\"", "\"8h30\""),
+            "not a time of day",
+        ),
+        (SCHEDULES.replace("[weekdays]", "[someday]"), "unknown day"),
+        (
+            SCHEDULES.replace("profile: kids}", "profile: teens}"),
+            "unknown profile `teens`",
+        ),
+        (
+            format!("{SCHEDULES}profiles:\n  kids: weekends\n"),
+            "unknown schedule `weekends`",
+        ),
+    ] {
+        let errs = compile(
+            &fixture::sources(&[("schedules.yaml", &bad)]),
+            &Overrides::default(),
+            &fixture::options(),
+        )
+        .expect_err(says);
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().contains(says) && e.to_string().contains("schedules.yaml")),
+            "{says}: {errs:?}"
+        );
+    }
+}
