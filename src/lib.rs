@@ -12,6 +12,7 @@
 //! - [`state`]: durable runtime state (admin changes, self-releases, detections) in SQLite.
 //! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
+//! - [`misses`]: names trusted-zone clients were denied, per profile ("service broken?").
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
 //! - [`net`]: connection limits shared by every stream listener (DNS over TCP, HTTP).
 //! - [`wire`]: DNS wire format: a query read once, replies written with OPT, EDE and TC.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod detect;
 pub mod dns;
 pub mod metrics;
+pub mod misses;
 pub mod net;
 pub mod policy;
 pub mod resolve;

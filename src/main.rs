@@ -91,7 +91,7 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Enrol a customer in a trusted-zone profile (admin API).
+    /// Enrol a customer in a trusted-zone profile, or replace its enrolment (admin API).
     Enrol {
         #[command(flatten)]
         config: ConfigArg,
@@ -102,6 +102,37 @@ enum Command {
         /// Accept a prefix shorter than policy.min_prefix_v4/v6 (a whole network; audited).
         #[arg(long)]
         force: bool,
+        /// A name the household adds (with everything under it); repeatable.
+        #[arg(long = "allow", value_name = "NAME")]
+        allow: Vec<String>,
+        /// A service or category the household removes; repeatable.
+        #[arg(long = "remove", value_name = "SERVICE")]
+        remove: Vec<String>,
+        /// A schedule from schedules.yaml for this enrolment.
+        #[arg(long)]
+        schedule: Option<String>,
+    },
+    /// Show or change a household's own additions, removed services and schedule (admin API).
+    Household {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The enrolment's address or prefix.
+        prefix: String,
+        /// Add a name (with everything under it); repeatable.
+        #[arg(long = "allow", value_name = "NAME")]
+        allow: Vec<String>,
+        /// Take back an added name; repeatable.
+        #[arg(long = "disallow", value_name = "NAME")]
+        disallow: Vec<String>,
+        /// Remove a service or category; repeatable.
+        #[arg(long = "remove", value_name = "SERVICE")]
+        remove: Vec<String>,
+        /// Give back a removed service or category; repeatable.
+        #[arg(long = "restore", value_name = "SERVICE")]
+        restore: Vec<String>,
+        /// Follow this schedule ("" to follow the profile's again).
+        #[arg(long)]
+        schedule: Option<String>,
     },
     /// Organisation alerts (admin API).
     Alerts {
@@ -135,6 +166,23 @@ enum AllowlistCmd {
     List,
     /// Profiles and the number of services in each.
     Profiles,
+    /// The names trusted-zone clients were denied, most denied first, with the allowed service
+    /// asked just before (a hint that the name is one of its dependencies). Per profile, never
+    /// per client (admin API).
+    Misses {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// From this time on: RFC 3339, or back from now (90m, 24h, 7d). Default: 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Lines to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -370,6 +418,15 @@ fn explain_cmd(arg: &ConfigArg, client: IpAddr, qname: &str, qtype: &str) -> Res
 }
 
 fn allowlist(arg: &ConfigArg, what: &AllowlistCmd) -> Result<()> {
+    if let AllowlistCmd::Misses {
+        profile,
+        since,
+        limit,
+        json,
+    } = what
+    {
+        return misses(arg, profile.as_deref(), since.as_deref(), *limit, *json);
+    }
     let config = load_config(arg)?;
     let sources = cleanpipe::policy::SourceSet::read(None, &config.policy.allowlists)?;
     let mut lists = cleanpipe::policy::sources::Allowlists::default();
@@ -394,6 +451,7 @@ fn allowlist(arg: &ConfigArg, what: &AllowlistCmd) -> Result<()> {
                 lists.meta.version
             );
         }
+        AllowlistCmd::Misses { .. } => {}
         AllowlistCmd::Profiles => {
             let store = offline_store(&config)?;
             for p in &store.snapshot().profiles {
@@ -417,6 +475,18 @@ fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<()> {
+    let text = admin_request(arg, method, path, body)?;
+    println!("{}", text.trim_end());
+    Ok(())
+}
+
+/// One admin API call; the answer's body, or an error with the API's message.
+fn admin_request(
+    arg: &ConfigArg,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<String> {
     let config = load_config(arg)?;
     let addr = config
         .admin
@@ -426,9 +496,61 @@ fn admin_call(
     let body = body.map(|b| b.to_string());
     let (code, text) =
         cleanpipe::web::client::call(addr, method, path, token.as_deref(), body.as_deref())?;
-    println!("{}", text.trim_end());
     if !(200..300).contains(&code) {
+        eprintln!("{}", text.trim_end());
         bail!("admin API answered {code}");
+    }
+    Ok(text)
+}
+
+/// `cleanpipe allowlist misses`: a table of the most denied names.
+fn misses(
+    arg: &ConfigArg,
+    profile: Option<&str>,
+    since: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<()> {
+    let mut q = vec![format!("limit={limit}")];
+    if let Some(p) = profile {
+        q.push(format!("profile={}", encode(p)));
+    }
+    if let Some(s) = since {
+        q.push(format!("since={}", encode(s)));
+    }
+    let text = admin_request(arg, "GET", &format!("/v1/misses?{}", q.join("&")), None)?;
+    if json {
+        println!("{}", text.trim_end());
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let rows = v["misses"].as_array().cloned().unwrap_or_default();
+    println!(
+        "Names trusted-zone clients were denied since {}{}:",
+        v["since"].as_str().unwrap_or("?"),
+        profile
+            .map(|p| format!(" (profile {p})"))
+            .unwrap_or_default()
+    );
+    if rows.is_empty() {
+        println!("  none");
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:<16} {:<44} asked just before (within {} s)",
+        "denials", "profile", "name", v["hint_window_secs"]
+    );
+    for r in rows {
+        let hint = match r["hint"].as_str() {
+            Some(h) => format!("{h} ({} of {})", r["hint_count"], r["count"]),
+            None => "-".into(),
+        };
+        println!(
+            "{:>8}  {:<16} {:<44} {hint}",
+            r["count"],
+            r["profile"].as_str().unwrap_or("?"),
+            r["name"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }
@@ -479,13 +601,26 @@ fn main() -> ExitCode {
             None,
         )
         .map(|_| ExitCode::SUCCESS),
-        Command::Enrol { config, prefix, profile, force } => admin_call(
+        Command::Enrol { config, prefix, profile, force, allow, remove, schedule } => admin_call(
             config,
             "POST",
             "/v1/enrolments",
-            Some(serde_json::json!({"prefix": prefix, "profile": profile, "force": force})),
+            Some(serde_json::json!({"prefix": prefix, "profile": profile, "force": force, "allow": allow, "remove": remove, "schedule": schedule})),
         )
         .map(|_| ExitCode::SUCCESS),
+        Command::Household { config, prefix, allow, disallow, remove, restore, schedule } => {
+            if allow.is_empty() && disallow.is_empty() && remove.is_empty() && restore.is_empty() && schedule.is_none() {
+                admin_call(config, "GET", &format!("/v1/enrolments?prefix={}", encode(prefix)), None)
+            } else {
+                admin_call(
+                    config,
+                    "PATCH",
+                    "/v1/enrolments",
+                    Some(serde_json::json!({"prefix": prefix, "allow": allow, "disallow": disallow, "remove": remove, "restore": restore, "schedule": schedule})),
+                )
+            }
+            .map(|_| ExitCode::SUCCESS)
+        }
         Command::Alerts { config, what } => match what {
             AlertsCmd::List { org, state } => {
                 let mut q = Vec::new();

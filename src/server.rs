@@ -101,7 +101,9 @@ pub async fn serve(
         .map_err(|e| ServeError::Task(format!("alert delivery client: {e}")))?,
     );
     let alert_task = tokio::spawn(engine.clone().run());
-    let pipeline = pipeline(&config, &store, &resolver, &engine)?;
+    let misses = Arc::new(crate::misses::Misses::default());
+    let misses_task = tokio::spawn(flush_misses(store.clone(), misses.clone()));
+    let pipeline = pipeline(&config, &store, &resolver, &engine)?.with_misses(misses.clone());
     let inflight = pipeline.inflight();
     let tls = if config.tls.dot.is_empty() && config.tls.doh.is_empty() {
         None
@@ -131,6 +133,7 @@ pub async fn serve(
             ready: ready.clone(),
             metrics,
             alerts: Some(engine.clone()),
+            misses: Some(misses.clone()),
         });
         if config.api_tokens().unwrap_or_default().is_empty() {
             tracing::warn!("no admin token configured: every admin API call will be refused");
@@ -199,6 +202,10 @@ pub async fn serve(
         let _ = t.await;
     }
     alert_task.abort();
+    misses_task.abort();
+    let st = store.state().clone();
+    let _ = tokio::task::spawn_blocking(move || misses.flush(&*st, chrono::Utc::now().timestamp()))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -221,6 +228,22 @@ async fn open_policy(config: &Config) -> Result<Arc<PolicyStore>, ServeError> {
         .await
         .map_err(|e| ServeError::Task(e.to_string()))??,
     ))
+}
+
+/// Writes the trusted zone's denial counts to the state database every minute.
+async fn flush_misses(store: Arc<PolicyStore>, misses: Arc<crate::misses::Misses>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (st, m) = (store.state().clone(), misses.clone());
+        let done =
+            tokio::task::spawn_blocking(move || m.flush(&*st, chrono::Utc::now().timestamp()))
+                .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "cannot save the trusted zone's misses (kept for the next try)");
+        }
+    }
 }
 
 /// The request path with what it records into: detection, alert sightings, NOTIFY.

@@ -154,6 +154,7 @@ pub struct Pipeline {
     resolver: Arc<Resolver>,
     inflight: Arc<AtomicUsize>,
     detector: Option<crate::detect::Detector>,
+    misses: Option<Arc<crate::misses::Misses>>,
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
     cookies: cookie::Cookies,
@@ -255,6 +256,7 @@ impl Pipeline {
             resolver,
             inflight: Arc::new(AtomicUsize::new(0)),
             detector: None,
+            misses: None,
             notifier: None,
             alerts: None,
             cookies: cookie::Cookies::new(None),
@@ -284,6 +286,12 @@ impl Pipeline {
     /// Accepts NOTIFY for transferred feeds from their primaries.
     pub fn with_notifier(mut self, n: crate::xfr::Notifier) -> Self {
         self.notifier = Some(n);
+        self
+    }
+
+    /// Counts the names trusted-zone clients are denied (the misses report).
+    pub fn with_misses(mut self, m: Arc<crate::misses::Misses>) -> Self {
+        self.misses = Some(m);
         self
     }
 
@@ -383,7 +391,7 @@ impl Pipeline {
             r.finish(&q, limit, &o);
             return Step::Answered;
         }
-        self.record(snap, &decision, &view, &question, client);
+        self.record(snap, &decision, &view, &question, client, now.unix);
 
         if let Some(step) = self.policy_answer(&q, client, snap, &decision, limit, &o, out) {
             return step;
@@ -550,7 +558,7 @@ impl Pipeline {
                 r.finish(q, limit, o);
                 return Some(Step::Answered);
             }
-            self.record(snap, &d, view, &question, client);
+            self.record(snap, &d, view, &question, client, Now::read().unix);
             return self.policy_answer(q, client, snap, &d, limit, o, out);
         }
         None
@@ -716,9 +724,17 @@ impl Pipeline {
         view: &ClientView,
         q: &Question,
         client: Client,
+        now: i64,
     ) {
         self.counters.decision(d);
         let ip: IpAddr = client.addr.ip();
+        if let Some(m) = &self.misses {
+            match d.reason {
+                Reason::TrustedAllowed { source, .. } => m.allowed(snap, ip, source, now),
+                Reason::TrustedBlocked { profile, .. } => m.denied(snap, ip, profile, &q.name, now),
+                _ => {}
+            }
+        }
         if let Some(i) = d.logged
             && let Some(f) = snap.feeds.get(i as usize)
         {

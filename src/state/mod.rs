@@ -232,4 +232,26 @@ pub trait StateStore: Send + Sync {
 
     /// The latest audit entries, newest first: `(at, actor, action, detail)`.
     fn audit_log(&self, limit: usize) -> Result<Vec<(i64, String, String, String)>, StateError>;
+
+    /// Adds denial counts of trusted-zone clients (summed with rows of the same hour, profile,
+    /// name and hint); deletes hours before `prune_before`.
+    fn record_misses(&self, rows: &[MissRow], prune_before: i64) -> Result<(), StateError>;
+
+    /// Stored denial counts from the hour containing `since` on, of one profile or all.
+    fn misses(&self, profile: Option<&str>, since: i64) -> Result<Vec<MissRow>, StateError>;
+}
+
+/// Denials of one name to trusted-zone clients of one profile in one hour, with one hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissRow {
+    /// Unix seconds of the start of the hour.
+    pub hour: i64,
+    /// Profile name.
+    pub profile: String,
+    /// Denied name.
+    pub name: String,
+    /// The allowed service asked just before (`""`: none).
+    pub hint: String,
+    /// Denials.
+    pub count: u64,
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::policy::sources::{EnrolmentEntry, InfectedEntry, Mode, ModeFile, Prefix};
 use crate::policy::{ModeOverride, Overrides};
 
-use super::{AlertRow, Delivery, Detection, OutboxRow, StateError, StateStore};
+use super::{AlertRow, Delivery, Detection, MissRow, OutboxRow, StateError, StateStore};
 
 impl From<rusqlite::Error> for StateError {
     fn from(e: rusqlite::Error) -> Self {
@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE enrolments ADD COLUMN allow TEXT NOT NULL DEFAULT '[]';
      ALTER TABLE enrolments ADD COLUMN remove TEXT NOT NULL DEFAULT '[]';
      ALTER TABLE enrolments ADD COLUMN schedule TEXT;",
+    // 9: names trusted-zone clients were denied, per hour and profile (no client addresses).
+    "CREATE TABLE misses (hour INTEGER NOT NULL, profile TEXT NOT NULL, name TEXT NOT NULL,
+        hint TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (hour, profile, name, hint));",
 ];
 
 /// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
@@ -778,6 +781,50 @@ impl StateStore for SqliteStore {
                 c.prepare("SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
             let rows = st.query_map(params![limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn record_misses(&self, rows: &[MissRow], prune_before: i64) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO misses (hour, profile, name, hint, count) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (hour, profile, name, hint) DO UPDATE SET count = count + excluded.count",
+                )?;
+                for r in rows {
+                    st.execute(params![
+                        r.hour,
+                        r.profile,
+                        r.name,
+                        r.hint,
+                        i64::try_from(r.count).unwrap_or(i64::MAX)
+                    ])?;
+                }
+            }
+            tx.execute("DELETE FROM misses WHERE hour < ?1", params![prune_before])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn misses(&self, profile: Option<&str>, since: i64) -> Result<Vec<MissRow>, StateError> {
+        self.with(|c| {
+            let hour = since - since.rem_euclid(3600);
+            let mut st = c.prepare(
+                "SELECT hour, profile, name, hint, count FROM misses
+                 WHERE hour >= ?1 AND (?2 IS NULL OR profile = ?2)",
+            )?;
+            let rows = st.query_map(params![hour, profile], |r| {
+                Ok(MissRow {
+                    hour: r.get(0)?,
+                    profile: r.get(1)?,
+                    name: r.get(2)?,
+                    hint: r.get(3)?,
+                    count: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })

@@ -42,6 +42,8 @@ pub struct AdminState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The alerting engine (its clock and state).
     pub alerts: Option<Arc<crate::alerts::AlertEngine>>,
+    /// The trusted zone's denial counts not yet saved.
+    pub misses: Option<Arc<crate::misses::Misses>>,
 }
 
 /// The admin router.
@@ -59,6 +61,7 @@ pub fn router(state: AdminState) -> Router {
                 .delete(unenrol),
         )
         .route("/v1/explain", get(explain_query))
+        .route("/v1/misses", get(list_misses))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/alerts/{id}/{action}", post(alert_action))
@@ -481,7 +484,7 @@ async fn enrol(
 
 /// Checks an enrolment against the serving policy (profile, household names, services,
 /// schedule), so that nothing the API accepts can break a reload; then writes and applies it.
-async fn save_enrolment(s: &AdminState, e: EnrolmentEntry, actor: String) -> ApiResult {
+async fn save_enrolment(s: &AdminState, mut e: EnrolmentEntry, actor: String) -> ApiResult {
     let snap = s.store.snapshot();
     let mut problems = Vec::new();
     if snap.profile_index(&e.profile).is_none() {
@@ -501,6 +504,18 @@ async fn save_enrolment(s: &AdminState, e: EnrolmentEntry, actor: String) -> Api
     if !problems.is_empty() {
         return Err(bad(problems.join("; ")));
     }
+    // Stored as they are matched: normalised, each once.
+    let mut allow: Vec<String> = Vec::new();
+    for n in e
+        .allow
+        .iter()
+        .filter_map(|n| household::household_name(n).ok())
+    {
+        if !allow.contains(&n) {
+            allow.push(n);
+        }
+    }
+    e.allow = allow;
     let prefix = e.prefix;
     let st = s.store.state().clone();
     blocking(move || st.enrol(&e, &actor)).await?;
@@ -666,6 +681,66 @@ async fn audit(State(s): State<AdminState>) -> ApiResult {
         .into_iter()
         .map(|(at, actor, action, detail)| json!({"at": at, "actor": actor, "action": action, "detail": detail}))
         .collect::<Vec<_>>())))
+}
+
+/// `?profile=&since=&limit=` of the misses report.
+#[derive(Deserialize)]
+struct MissesQuery {
+    #[serde(default)]
+    profile: Option<String>,
+    /// RFC 3339 time or a duration back from now (`24h`, `7d`, `90m`). Default: 7 days.
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Parses `since` of the misses report: RFC 3339, or `N` + `m`/`h`/`d` back from `now`.
+fn parse_since(text: &str, now: i64) -> Result<i64, String> {
+    let t = text.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.timestamp());
+    }
+    let (n, unit) = t.split_at(t.len().saturating_sub(1));
+    let secs = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match n.parse::<i64>() {
+        Ok(n) if secs > 0 && (0..=3650 * 86_400 / secs).contains(&n) => Ok(now - n * secs),
+        _ => Err(format!(
+            "since `{text}`: give an RFC 3339 time (2026-12-01T00:00:00Z) or a duration such as 90m, 24h, 7d"
+        )),
+    }
+}
+
+/// The names trusted-zone clients were denied, most denied first, with the hinted service.
+/// Saves what is still in memory first, so the report is current.
+async fn list_misses(State(s): State<AdminState>, Query(q): Query<MissesQuery>) -> ApiResult {
+    let now = Utc::now().timestamp();
+    let since = match q.since.as_deref() {
+        Some(t) => parse_since(t, now).map_err(bad)?,
+        None => now - 7 * 86_400,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let st = s.store.state().clone();
+    let misses = s.misses.clone();
+    let profile = q.profile.clone();
+    let rows = blocking(move || {
+        if let Some(m) = &misses {
+            m.flush(&*st, now)?;
+        }
+        st.misses(profile.as_deref(), since)
+    })
+    .await?;
+    Ok(Json(json!({
+        "since": rfc3339(since),
+        "profile": q.profile,
+        "hint_window_secs": crate::misses::HINT_SECS,
+        "misses": crate::misses::report(&rows, limit),
+    })))
 }
 
 /// `?org=&state=` of the alert list.

@@ -12,4 +12,5 @@ mod policy;
 mod recursion;
 mod tcp;
 mod tls;
+mod trusted;
 mod xfr;
