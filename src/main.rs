@@ -151,6 +151,14 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Copy the state database (admin changes, alerts, audit log) to FILE, safely while the
+    /// service runs. Restore: stop the service, put the copy at `state.path`, start it.
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the copy (must not exist).
+        file: PathBuf,
+    },
     /// Remove a customer's enrolment (admin API).
     Unenrol {
         #[command(flatten)]
@@ -314,11 +322,36 @@ fn serve(arg: &ConfigArg) -> Result<()> {
     Ok(())
 }
 
+fn backup(arg: &ConfigArg, to: &std::path::Path) -> Result<()> {
+    let config = load_config(arg)?;
+    let from = &config.state.path;
+    if !from.exists() {
+        bail!(
+            "{} does not exist: nothing to back up (is state.path in {} right?)",
+            from.display(),
+            arg.config
+                .as_deref()
+                .map_or("the configuration".into(), |p| p.display().to_string())
+        );
+    }
+    if to.exists() {
+        bail!("{} exists already: give a new file name", to.display());
+    }
+    SqliteStore::backup(from, to)?;
+    println!(
+        "backed up {} to {} (schema version {})",
+        from.display(),
+        to.display(),
+        SqliteStore::schema_version()
+    );
+    Ok(())
+}
+
 fn offline_store(config: &Config) -> Result<PolicyStore, ReloadError> {
     // `check` and `explain` read the admin overrides from the state database when it exists,
-    // without creating one.
+    // from a private copy: never creating, writing or migrating the one a service uses.
     let state = if config.state.path.exists() {
-        SqliteStore::open(&config.state.path)?
+        SqliteStore::open_copy(&config.state.path)?
     } else {
         SqliteStore::in_memory()?
     };
@@ -570,6 +603,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(c) => serve(c).map(|_| ExitCode::SUCCESS),
+        Command::Backup { config, file } => backup(config, file).map(|_| ExitCode::SUCCESS),
         Command::Check(c) => check(c),
         Command::Explain { config, client, qname, qtype } => explain_cmd(config, *client, qname, qtype).map(|_| ExitCode::SUCCESS),
         Command::Allowlist { config, what } => allowlist(config, what).map(|_| ExitCode::SUCCESS),

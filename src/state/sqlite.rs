@@ -125,7 +125,55 @@ impl SqliteStore {
     /// Opens (creating and migrating as needed) the database file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let conn = Connection::open(path)?;
+        Self::refuse_newer(&conn, path)?;
         Self::init(conn)
+    }
+
+    /// A private in-memory copy of the database file, migrated in memory: for `check` and
+    /// `explain`, which must never write to (or migrate) the database a running service uses.
+    pub fn open_copy(path: &Path) -> Result<Self, StateError> {
+        let src = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Self::refuse_newer(&src, path)?;
+        let mut dst = Connection::open_in_memory()?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            backup.run_to_completion(256, std::time::Duration::ZERO, None)?;
+        }
+        Self::init(dst)
+    }
+
+    /// Copies the database to `to` while it is in use (SQLite's online backup: a consistent
+    /// snapshot, whatever the service writes meanwhile).
+    pub fn backup(path: &Path, to: &Path) -> Result<(), StateError> {
+        let src = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Self::refuse_newer(&src, path)?;
+        src.busy_timeout(std::time::Duration::from_secs(5))?;
+        src.backup(rusqlite::MAIN_DB, to, None)?;
+        Ok(())
+    }
+
+    /// A database written by a newer release cannot be used: its schema is unknown here.
+    fn refuse_newer(conn: &Connection, path: &Path) -> Result<(), StateError> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StateError::Backend(format!(
+                "{} has schema version {version}, newer than this cleanpipe's {}: it was written by a newer release; run that release, or restore a backup made with this one (docs/operations.md, upgrades)",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The schema version this release writes.
+    pub fn schema_version() -> usize {
+        MIGRATIONS.len()
     }
 
     /// An in-memory database (tests, `check`).
@@ -834,6 +882,37 @@ impl StateStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_from_a_newer_release_is_refused_and_copies_never_touch_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.sqlite");
+        // A database as release 3 of the schema wrote it: open_copy migrates its private
+        // copy, never the file.
+        {
+            let c = Connection::open(&path).expect("raw");
+            for sql in &MIGRATIONS[..3] {
+                c.execute_batch(sql).expect("old schema");
+            }
+            c.pragma_update(None, "user_version", 3).expect("version");
+        }
+        let copy = SqliteStore::open_copy(&path).expect("copy");
+        assert!(copy.overrides().is_ok());
+        let c = Connection::open(&path).expect("raw");
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, 3, "the file was migrated by a read-only command");
+        c.pragma_update(None, "user_version", 999).expect("newer");
+        drop(c);
+        for e in [
+            SqliteStore::open(&path).err(),
+            SqliteStore::open_copy(&path).err(),
+        ] {
+            let e = e.expect("a newer schema must be refused").to_string();
+            assert!(e.contains("newer release") && e.contains("999"), "{e}");
+        }
+    }
 
     #[test]
     fn overrides_survive_reopen_and_audit_is_kept() {
