@@ -14,6 +14,7 @@
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`misses`]: names trusted-zone clients were denied, per profile ("service broken?").
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
+//! - [`notify`]: systemd readiness notification.
 //! - [`net`]: connection limits shared by every stream listener (DNS over TCP, HTTP).
 //! - [`wire`]: DNS wire format: a query read once, replies written with OPT, EDE and TC.
 //! - [`dns`]: the one request path (parse → identify → decide → answer → encode) and the
@@ -30,6 +31,7 @@ pub mod dns;
 pub mod metrics;
 pub mod misses;
 pub mod net;
+pub mod notify;
 pub mod policy;
 pub mod resolve;
 pub mod server;

@@ -305,7 +305,26 @@ async fn shutdown_signal() {
 fn serve(arg: &ConfigArg) -> Result<()> {
     let config = load_config(arg)?;
     init_logging(&config);
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    use metrics_exporter_prometheus::Matcher;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(cleanpipe::metrics::RESPONSE_SECONDS.into()),
+            cleanpipe::metrics::LATENCY_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(cleanpipe::metrics::UPSTREAM_RTT.into()),
+                cleanpipe::metrics::LATENCY_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(cleanpipe::metrics::RELOAD_SECONDS.into()),
+                cleanpipe::metrics::RELOAD_BUCKETS,
+            )
+        })
+        .context("histogram buckets")?
+        .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     let rt = tokio::runtime::Builder::new_multi_thread()

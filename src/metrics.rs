@@ -70,6 +70,33 @@ pub const REVOCATIONS: &str = "cleanpipe_organisation_revocations_total";
 pub const DELIVERIES: &str = "cleanpipe_alert_deliveries_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
+/// Answers sent, by `rcode` (as dig spells it: NOERROR, NXDOMAIN, SERVFAIL, REFUSED...).
+pub const RESPONSES: &str = "cleanpipe_responses_total";
+/// Time from a query's arrival to its answer, by `transport` and `source` (cache, synthesized,
+/// upstream).
+pub const RESPONSE_SECONDS: &str = "cleanpipe_response_seconds";
+/// Time an upstream resolution took (forward: the upstream's round trip, retries included;
+/// recursive: the whole recursion), by `backend`.
+pub const UPSTREAM_RTT: &str = "cleanpipe_upstream_rtt_seconds";
+/// Upstream errors, by `backend`, `kind` and (forward) `upstream`.
+pub const UPSTREAM_ERRORS: &str = "cleanpipe_upstream_errors_total";
+/// Answers in the cache.
+pub const CACHE_ENTRIES: &str = "cleanpipe_cache_entries";
+/// Bytes the cached answers take.
+pub const CACHE_BYTES: &str = "cleanpipe_cache_bytes";
+/// Time a policy reload took (read, compile, swap), successful or not.
+pub const RELOAD_SECONDS: &str = "cleanpipe_policy_reload_seconds";
+/// 1 when the last reload succeeded, 0 when it failed (the previous policy serves).
+pub const LAST_RELOAD_OK: &str = "cleanpipe_policy_last_reload_ok";
+/// Alert deliveries (webhook, e-mail) waiting in the outbox.
+pub const OUTBOX_PENDING: &str = "cleanpipe_alert_outbox_pending";
+/// Age of the oldest undelivered alert delivery, 0 when the outbox is empty.
+pub const OUTBOX_OLDEST: &str = "cleanpipe_alert_outbox_oldest_seconds";
+/// Unix time the global mode in force was set (0: never).
+pub const MODE_SET_AT: &str = "cleanpipe_global_mode_set_timestamp_seconds";
+/// 1 once the service answers (sockets bound, first policy serving), 0 while starting or
+/// stopping.
+pub const READY: &str = "cleanpipe_ready";
 /// Admin API calls refused because the token lacks the scope.
 pub const ADMIN_FORBIDDEN: &str = "cleanpipe_admin_forbidden_total";
 /// Names trusted-zone clients were denied, by profile.
@@ -145,6 +172,33 @@ pub fn describe() {
     metrics::describe_counter!(REVOCATIONS, "Organisations whose whitelisting was revoked");
     metrics::describe_counter!(DELIVERIES, "Alert webhook delivery attempts, by result");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
+    metrics::describe_counter!(RESPONSES, "Answers sent, by rcode");
+    metrics::describe_histogram!(
+        RESPONSE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a query's arrival to its answer, by transport and source (cache, synthesized, upstream)"
+    );
+    metrics::describe_histogram!(
+        UPSTREAM_RTT,
+        metrics::Unit::Seconds,
+        "Time an upstream resolution took, by backend"
+    );
+    metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream errors, by backend and kind");
+    metrics::describe_gauge!(CACHE_ENTRIES, "Answers in the cache");
+    metrics::describe_gauge!(CACHE_BYTES, "Bytes the cached answers take");
+    metrics::describe_histogram!(
+        RELOAD_SECONDS,
+        metrics::Unit::Seconds,
+        "Time a policy reload took, successful or not"
+    );
+    metrics::describe_gauge!(LAST_RELOAD_OK, "1 when the last policy reload succeeded");
+    metrics::describe_gauge!(OUTBOX_PENDING, "Alert deliveries waiting in the outbox");
+    metrics::describe_gauge!(
+        OUTBOX_OLDEST,
+        "Age in seconds of the oldest undelivered alert delivery (0: none)"
+    );
+    metrics::describe_gauge!(MODE_SET_AT, "Unix time the global mode in force was set");
+    metrics::describe_gauge!(READY, "1 while the service is ready to answer");
     metrics::describe_counter!(
         ADMIN_FORBIDDEN,
         "Admin API calls refused because the token lacks the scope"
@@ -153,6 +207,87 @@ pub fn describe() {
         TRUSTED_DENIED,
         "Queries of trusted-zone clients for names outside their zone, by profile"
     );
+}
+
+/// Histogram buckets (seconds) of answer and upstream times: 50 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Histogram buckets (seconds) of policy reloads: 1 ms to 60 s.
+pub const RELOAD_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Creates every series whose labels are known in advance at 0, so that dashboards and alert
+/// rules find them from the first scrape (a counter appears only once touched).
+pub fn register_zero(backend: &'static str) {
+    for (action, reason) in [("resolve", "normal"), ("sinkhole", "quarantined")] {
+        metrics::counter!(DECISIONS, "action" => action, "reason" => reason).increment(0);
+    }
+    for name in [
+        CACHE_HITS,
+        CACHE_MISSES,
+        RELOAD_FAILURES,
+        SELF_RELEASES,
+        FEED_LOG_ONLY,
+        FEED_TRANSFER_FAILURES,
+        UNPROVEN_LOOKUPS,
+        UPSTREAM_JOINED,
+        ALERTS_OPENED,
+        ALERTS_RESOLVED,
+        ALERTS_OVERDUE,
+        REVOCATIONS,
+        ADMIN_FORBIDDEN,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::counter!(BAD_REQUESTS, "kind" => "malformed").increment(0);
+    metrics::counter!(UPSTREAM_FAILURES, "backend" => backend).increment(0);
+    metrics::counter!(UPSTREAM_ERRORS, "backend" => backend, "kind" => "timeout").increment(0);
+    for rcode in ["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED"] {
+        metrics::counter!(RESPONSES, "rcode" => rcode).increment(0);
+    }
+    for kind in ["axfr", "ixfr"] {
+        metrics::counter!(FEED_TRANSFERS, "kind" => kind).increment(0);
+    }
+    for outcome in ["flagged", "evidence"] {
+        metrics::counter!(DETECTIONS, "outcome" => outcome).increment(0);
+    }
+    for result in ["ok", "failed"] {
+        metrics::counter!(DELIVERIES, "result" => result).increment(0);
+    }
+    for transport in ["tcp", "tls", "https", "admin", "page"] {
+        metrics::gauge!(CONNECTIONS_OPEN, "transport" => transport).increment(0.0);
+        metrics::counter!(CONNECTIONS_EVICTED, "transport" => transport).increment(0);
+        for why in ["full", "per_client"] {
+            metrics::counter!(CONNECTIONS_REFUSED, "transport" => transport, "why" => why)
+                .increment(0);
+        }
+    }
+    for transport in ["dot", "doh"] {
+        for result in ["ok", "failed", "timeout"] {
+            metrics::counter!(TLS_HANDSHAKES, "transport" => transport, "result" => result)
+                .increment(0);
+        }
+    }
+    for limit in [
+        "new_names",
+        "client",
+        "refused",
+        "client_outstanding",
+        "zone_outstanding",
+    ] {
+        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
+    // Registered, not recorded: they render with empty buckets.
+    let _ = metrics::histogram!(UPSTREAM_RTT, "backend" => backend);
+    let _ = metrics::histogram!(RELOAD_SECONDS);
+    metrics::gauge!(READY).set(0.0);
+    metrics::gauge!(OUTBOX_PENDING).set(0.0);
+    metrics::gauge!(OUTBOX_OLDEST).set(0.0);
+    metrics::gauge!(CACHE_ENTRIES).set(0.0);
+    metrics::gauge!(CACHE_BYTES).set(0.0);
 }
 
 /// Publishes the sizes of a freshly swapped snapshot.

@@ -92,6 +92,7 @@ pub async fn serve(
         &config,
         tokio::runtime::Handle::current(),
     )?);
+    crate::metrics::register_zero(resolver.kind());
     let engine = Arc::new(
         crate::alerts::AlertEngine::new(
             store.clone(),
@@ -103,6 +104,12 @@ pub async fn serve(
     let alert_task = tokio::spawn(engine.clone().run());
     let misses = Arc::new(crate::misses::Misses::default());
     let misses_task = tokio::spawn(flush_misses(store.clone(), misses.clone()));
+    let gauges_task = tokio::spawn(gauges(
+        store.clone(),
+        resolver.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
     let pipeline = pipeline(&config, &store, &resolver, &engine)?.with_misses(misses.clone());
     let inflight = pipeline.inflight();
     let tls = if config.tls.dot.is_empty() && config.tls.doh.is_empty() {
@@ -174,6 +181,8 @@ pub async fn serve(
     )?;
 
     ready.store(true, Ordering::Release);
+    metrics::gauge!(crate::metrics::READY).set(1.0);
+    crate::notify::ready();
     tracing::info!(
         dns = ?listeners.addrs,
         tls = ?listeners.tls_addrs,
@@ -188,7 +197,10 @@ pub async fn serve(
     // Everything stops at once and within DRAIN, whatever clients do: the HTTP listeners close
     // their connections (at most about 2 s) while DNS answers the queries in flight.
     tracing::info!("shutting down: answering in-flight queries");
+    crate::notify::stopping();
     ready.store(false, Ordering::Release);
+    metrics::gauge!(crate::metrics::READY).set(0.0);
+    gauges_task.abort();
     let _ = http_stop.send(true);
     drop(watcher);
     let started = Instant::now();
@@ -228,6 +240,53 @@ async fn open_policy(config: &Config) -> Result<Arc<PolicyStore>, ServeError> {
         .await
         .map_err(|e| ServeError::Task(e.to_string()))??,
     ))
+}
+
+/// Gauges sampled every few seconds: cache size, alert outbox, file feeds' age, the global
+/// mode (it can expire by itself); and the exporter's upkeep (histogram samples are folded
+/// into their buckets even when nobody scrapes).
+async fn gauges(
+    store: Arc<PolicyStore>,
+    resolver: Arc<Resolver>,
+    config: Config,
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(h) = &handle {
+            h.run_upkeep();
+        }
+        let cache = resolver.cache();
+        metrics::gauge!(crate::metrics::CACHE_ENTRIES).set(cache.len() as f64);
+        metrics::gauge!(crate::metrics::CACHE_BYTES).set(cache.footprint() as f64);
+        let now = chrono::Utc::now().timestamp();
+        metrics::gauge!(crate::metrics::TRUSTED_ONLY).set(f64::from(u8::from(
+            store.snapshot().mode.trusted_only_at(now),
+        )));
+        for f in &store.snapshot().feeds {
+            metrics::gauge!(crate::metrics::FEED_SERIAL, "feed" => f.name.clone())
+                .set(f64::from(f.zone.serial));
+        }
+        for f in config.feeds.iter() {
+            if let Some(file) = &f.file
+                && let Ok(modified) = std::fs::metadata(file).and_then(|m| m.modified())
+                && let Ok(age) = modified.elapsed()
+            {
+                metrics::gauge!(crate::metrics::FEED_AGE, "feed" => f.name.clone())
+                    .set(age.as_secs_f64());
+            }
+        }
+        let st = store.state().clone();
+        if let Ok(Ok((pending, oldest))) =
+            tokio::task::spawn_blocking(move || st.outbox_depth()).await
+        {
+            metrics::gauge!(crate::metrics::OUTBOX_PENDING).set(pending as f64);
+            metrics::gauge!(crate::metrics::OUTBOX_OLDEST)
+                .set(oldest.map_or(0.0, |t| (now - t).max(0) as f64));
+        }
+    }
 }
 
 /// Writes the trusted zone's denial counts to the state database every minute.

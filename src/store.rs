@@ -747,6 +747,10 @@ impl PolicyStore {
         match built {
             Ok(snapshot) => {
                 let counts = snapshot.counts();
+                metrics::gauge!(crate::metrics::MODE_SET_AT)
+                    .set(snapshot.mode.set_at.unwrap_or(0) as f64);
+                metrics::gauge!(crate::metrics::TRUSTED_ONLY)
+                    .set(f64::from(u8::from(snapshot.mode.trusted_only_at(now))));
                 let old = self.current.swap(Arc::new(Current::new(snapshot)));
                 // The old snapshot goes when its last query is answered; give the memory of
                 // the compile (source text, scratch maps) back to the system now.
@@ -754,6 +758,9 @@ impl PolicyStore {
                 release_free_memory();
                 let ms = started.elapsed().as_millis() as u64;
                 crate::metrics::record_snapshot(&counts, generation, ms);
+                metrics::histogram!(crate::metrics::RELOAD_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!(crate::metrics::LAST_RELOAD_OK).set(1.0);
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.generation = generation;
                 st.loaded_at = now;
@@ -772,6 +779,9 @@ impl PolicyStore {
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::RELOAD_FAILURES).increment(1);
+                metrics::histogram!(crate::metrics::RELOAD_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!(crate::metrics::LAST_RELOAD_OK).set(0.0);
                 let lines = e.lines();
                 let total = lines.len();
                 if generation == 1 {

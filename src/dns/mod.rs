@@ -62,6 +62,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in discriminant order.
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Https,
+    ];
+
     /// The largest reply this transport carries for `q`.
     fn limit(self, q: &Query<'_>) -> usize {
         match self {
@@ -128,7 +136,34 @@ pub struct Pending {
     client: Client,
     work: Work,
     opt: OptOut<'static>,
+    /// When the query arrived (for the answer-time histogram).
+    started: Instant,
 }
+
+/// Where an answer came from, for the answer-time histogram.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Cache = 0,
+    Synthesized = 1,
+    Upstream = 2,
+}
+
+impl Source {
+    const ALL: [Source; 3] = [Source::Cache, Source::Synthesized, Source::Upstream];
+
+    fn label(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Synthesized => "synthesized",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+/// Response codes as dig spells them, by code (0–5); others count as `OTHER`.
+const RCODES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
+];
 
 #[derive(Debug)]
 enum Work {
@@ -201,6 +236,10 @@ struct Counters {
     cache_hits: metrics::Counter,
     /// Queries by transport (udp, tcp, tls, https).
     queries: [metrics::Counter; 4],
+    /// Answers by rcode ([`RCODES`]).
+    responses: [metrics::Counter; 7],
+    /// Answer times by transport and [`Source`].
+    latency: [[metrics::Histogram; 3]; 4],
 }
 
 impl Counters {
@@ -217,7 +256,24 @@ impl Counters {
                 Transport::Https,
             ]
             .map(|t| metrics::counter!(crate::metrics::QUERIES, "transport" => t.label())),
+            responses: RCODES.map(|r| metrics::counter!(crate::metrics::RESPONSES, "rcode" => r)),
+            latency: Transport::ALL.map(|t| {
+                Source::ALL.map(|s| {
+                    metrics::histogram!(
+                        crate::metrics::RESPONSE_SECONDS,
+                        "transport" => t.label(),
+                        "source" => s.label()
+                    )
+                })
+            }),
         }
+    }
+
+    /// An answer was written to `out`: count its rcode and how long it took.
+    fn answered(&self, transport: Transport, source: Source, started: Instant, out: &[u8]) {
+        let rcode = out.get(3).map_or(6, |b| usize::from(b & 0x0f).min(6));
+        self.responses[rcode].increment(1);
+        self.latency[transport as usize][source as usize].record(started.elapsed().as_secs_f64());
     }
 
     fn decision(&self, d: &Decision) {
@@ -319,6 +375,26 @@ impl Pipeline {
     /// Every stage that needs no waiting: parse, identify, decide, record, and the answer when
     /// it comes from the cache or from the policy itself.
     pub fn start(&self, wire: &[u8], client: Client, now: Now, out: &mut Vec<u8>) -> Step {
+        let mut source = Source::Synthesized;
+        let mut step = self.start_inner(wire, client, now, out, &mut source);
+        match &mut step {
+            Step::Answered => self
+                .counters
+                .answered(client.transport, source, now.instant, out),
+            Step::Pending(p) => p.started = now.instant,
+            Step::Silent => {}
+        }
+        step
+    }
+
+    fn start_inner(
+        &self,
+        wire: &[u8],
+        client: Client,
+        now: Now,
+        out: &mut Vec<u8>,
+        source: &mut Source,
+    ) -> Step {
         self.counters.queries[client.transport as usize].increment(1);
         let q = match Query::parse(wire) {
             Ok(q) => q,
@@ -411,6 +487,7 @@ impl Pipeline {
         };
         if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
             self.counters.cache_hits.increment(1);
+            *source = Source::Cache;
             if !hit.chain().is_empty()
                 && let Some(step) =
                     self.chain_answer(&q, client, proven, snap, &view, hit.chain(), &mut o, out)
@@ -570,11 +647,22 @@ impl Pipeline {
             client,
             work,
             opt,
+            started: Instant::now(),
         }))
     }
 
     /// Completes a query that needs the backend. `true` when `out` holds a reply.
     pub async fn finish(&self, p: Box<Pending>, out: &mut Vec<u8>) -> bool {
+        let (transport, started) = (p.client.transport, p.started);
+        let sent = self.finish_inner(p, out).await;
+        if sent {
+            self.counters
+                .answered(transport, Source::Upstream, started, out);
+        }
+        sent
+    }
+
+    async fn finish_inner(&self, p: Box<Pending>, out: &mut Vec<u8>) -> bool {
         let p = *p;
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let _done = InFlight(self.inflight.clone());
@@ -613,7 +701,7 @@ impl Pipeline {
                             Some(Step::Answered) => return true,
                             Some(Step::Silent) => return false,
                             Some(Step::Pending(next)) => {
-                                return Box::pin(self.finish(next, out)).await;
+                                return Box::pin(self.finish_inner(next, out)).await;
                             }
                             None => {}
                         }

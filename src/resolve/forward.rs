@@ -364,6 +364,41 @@ fn query_bytes(id: u16, name: &Name, qtype: RecordType) -> Result<Vec<u8>, Strin
     m.to_vec().map_err(|e| e.to_string())
 }
 
+impl ForwardError {
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Io { .. } => "network",
+            ForwardError::Timeout { .. } => "timeout",
+            ForwardError::Mismatch { .. } => "mismatch",
+            ForwardError::Format { .. } => "malformed",
+            ForwardError::Busy => "busy",
+            ForwardError::NoSocket { .. } => "no_socket",
+            ForwardError::CaseMismatch { .. } => "no_0x20",
+            ForwardError::Rcode {
+                rcode: ResponseCode::ServFail,
+                ..
+            } => "servfail",
+            ForwardError::Rcode {
+                rcode: ResponseCode::Refused,
+                ..
+            } => "refused",
+            ForwardError::Rcode { .. } => "rcode",
+        }
+    }
+
+    /// Counts the error against its upstream (a configured address: a bounded label).
+    fn count(&self, upstream: SocketAddr) {
+        metrics::counter!(
+            crate::metrics::UPSTREAM_ERRORS,
+            "backend" => "forward",
+            "kind" => self.kind(),
+            "upstream" => upstream.to_string()
+        )
+        .increment(1);
+    }
+}
+
 #[async_trait]
 impl Backend for Forward {
     async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError> {
@@ -385,6 +420,7 @@ impl Backend for Forward {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        e.count(upstream);
                         last = Some(e);
                         continue;
                     }
@@ -393,7 +429,11 @@ impl Backend for Forward {
                     ResponseCode::NoError | ResponseCode::NXDomain => {
                         return Ok(Answer::from_message(msg.metadata.response_code, msg));
                     }
-                    rcode => last = Some(ForwardError::Rcode { upstream, rcode }),
+                    rcode => {
+                        let e = ForwardError::Rcode { upstream, rcode };
+                        e.count(upstream);
+                        last = Some(e);
+                    }
                 }
             }
         }

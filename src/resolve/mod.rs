@@ -219,14 +219,22 @@ impl Resolver {
         };
         let asked = fqdn.clone();
         let task = runtime.spawn(async move {
-            match tokio::time::timeout(timeout, backend.resolve(&asked, qtype)).await {
+            let started = Instant::now();
+            let r = match tokio::time::timeout(timeout, backend.resolve(&asked, qtype)).await {
                 Ok(r) => r,
-                Err(_) => Err(ResolveError::Failed {
-                    name: asked.to_string(),
-                    qtype,
-                    message: format!("no answer within {} s", timeout.as_secs()),
-                }),
-            }
+                Err(_) => {
+                    metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "backend" => kind, "kind" => "timeout")
+                        .increment(1);
+                    Err(ResolveError::Failed {
+                        name: asked.to_string(),
+                        qtype,
+                        message: format!("no answer within {} s", timeout.as_secs()),
+                    })
+                }
+            };
+            metrics::histogram!(crate::metrics::UPSTREAM_RTT, "backend" => kind)
+                .record(started.elapsed().as_secs_f64());
+            r
         });
         let answer = match task.await {
             Ok(Ok(answer)) => answer,

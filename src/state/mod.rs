@@ -224,6 +224,9 @@ pub trait StateStore: Send + Sync {
     /// Deliveries still waiting (for status and metrics).
     fn pending_deliveries(&self) -> Result<i64, StateError>;
 
+    /// Deliveries still waiting and when the oldest of them was queued (unix seconds).
+    fn outbox_depth(&self) -> Result<(i64, Option<i64>), StateError>;
+
     /// Self-releases of `prefix` made since `window_start`.
     fn releases_since(&self, prefix: IpNet, window_start: i64) -> Result<u32, StateError>;
 

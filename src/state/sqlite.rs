@@ -77,6 +77,9 @@ const MIGRATIONS: &[&str] = &[
     // 9: names trusted-zone clients were denied, per hour and profile (no client addresses).
     "CREATE TABLE misses (hour INTEGER NOT NULL, profile TEXT NOT NULL, name TEXT NOT NULL,
         hint TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (hour, profile, name, hint));",
+    // 10: when each delivery was queued (the age of the oldest undelivered one is a metric).
+    "ALTER TABLE outbox ADD COLUMN created_at INTEGER;
+     UPDATE outbox SET created_at = next_attempt WHERE created_at IS NULL;",
 ];
 
 /// Days of botnet-lookup evidence merged into the policy (older evidence stays in the database).
@@ -233,7 +236,7 @@ impl SqliteStore {
             rand::random::<u128>()
         );
         tx.execute(
-            "INSERT INTO outbox (alert_id, event, url, secret, body, idempotency_key, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO outbox (alert_id, event, url, secret, body, idempotency_key, next_attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
             params![alert, d.event, d.url, d.secret, body.replace("{idempotency_key}", &key), key, now],
         )?;
         Ok(())
@@ -676,6 +679,16 @@ impl StateStore for SqliteStore {
                 "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
                 [],
                 |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn outbox_depth(&self) -> Result<(i64, Option<i64>), StateError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
         })
     }

@@ -238,6 +238,8 @@ pub struct Cleanpipe {
     pub dir: PathBuf,
     /// Open-file limit (soft and hard) for the process, when set before [`Cleanpipe::spawn`].
     pub nofile: Option<u64>,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -293,6 +295,7 @@ impl Cleanpipe {
             web: SocketAddr::new(ip, 8080),
             dir,
             nofile: None,
+            env: Vec::new(),
             _tmp: Some(tmp),
         }
     }
@@ -339,6 +342,7 @@ impl Cleanpipe {
                 "RUST_LOG",
                 "info,cleanpipe=debug,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(n) = self.nofile {
