@@ -75,7 +75,19 @@ pub struct AlertEngine {
     cert_secret: Option<String>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
+    mailer: Option<crate::mail::Mailer>,
     recent: moka::sync::Cache<(u32, IpAddr), ()>,
+}
+
+/// The alerting engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The webhook client.
+    #[error("alert webhook client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The e-mail relay settings.
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 /// What one check of deadlines did.
@@ -109,7 +121,7 @@ impl AlertEngine {
         store: Arc<PolicyStore>,
         cfg: AlertsConfig,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, SetupError> {
         // reqwest is built without a default crypto provider: use ring, as the rest of cleanpipe.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -120,12 +132,18 @@ impl AlertEngine {
             .cert_secret
             .clone()
             .or_else(|| std::env::var("CLEANPIPE_CERT_SECRET").ok());
+        let mailer = cfg
+            .smtp
+            .as_ref()
+            .map(crate::mail::Mailer::from_config)
+            .transpose()?;
         Ok(Self {
             store,
             cfg,
             cert_secret,
             clock,
             http,
+            mailer,
             recent: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
@@ -157,7 +175,39 @@ impl AlertEngine {
                 secret: self.cert_secret.clone(),
             });
         }
+        // E-mail: every contact with an address, and the CERT's, when a relay is configured.
+        if self.mailer.is_some() {
+            let mails = contacts
+                .iter()
+                .filter_map(|c| c.email.as_deref())
+                .chain(self.cfg.cert_email.iter().map(String::as_str));
+            for m in mails {
+                out.push(Delivery {
+                    event: event.to_owned(),
+                    url: format!("mailto:{m}"),
+                    secret: None,
+                });
+            }
+        }
         out
+    }
+
+    /// Sends one e-mail delivery, in the language of the alert's organisation.
+    async fn mail(&self, to: &str, body: &str, key: &str) -> Option<String> {
+        let Some(mailer) = &self.mailer else {
+            return Some("no alerts.smtp relay configured (the delivery waits for one)".into());
+        };
+        let org_id = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["alert"]["organisation"]["id"].as_str().map(str::to_owned));
+        let snap = self.store.snapshot();
+        let is_cert = self.cfg.cert_email.iter().any(|c| c == to);
+        let lang = org_id
+            .and_then(|id| snap.organisations.iter().find(|o| o.id == id))
+            .and_then(|o| o.language.clone())
+            .filter(|_| !is_cert)
+            .unwrap_or_else(|| self.cfg.language.clone());
+        mailer.send(to, &lang, body, key).await.err()
     }
 
     fn body(
@@ -400,23 +450,9 @@ impl AlertEngine {
         };
         let mut delivered = 0;
         for d in due {
-            let mut req = self
-                .http
-                .post(&d.url)
-                .header("content-type", "application/json")
-                .header("idempotency-key", &d.idempotency_key)
-                .header("x-cleanpipe-event", &d.event)
-                .body(d.body.clone());
-            if let Some(secret) = &d.secret {
-                req = req.header(
-                    "x-cleanpipe-signature",
-                    format!("sha256={}", signature(secret, d.body.as_bytes())),
-                );
-            }
-            let outcome = match req.send().await {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("HTTP {}", r.status())),
-                Err(e) => Some(e.to_string()),
+            let outcome = match d.url.strip_prefix("mailto:") {
+                Some(to) => self.mail(to, &d.body, &d.idempotency_key).await,
+                None => self.post(&d).await,
             };
             metrics::counter!(crate::metrics::DELIVERIES, "result" => if outcome.is_none() { "ok" } else { "failed" }).increment(1);
             let now = self.now();
@@ -430,7 +466,7 @@ impl AlertEngine {
             if outcome.is_none() {
                 delivered += 1;
             } else {
-                tracing::warn!(url = %d.url, attempt = d.attempts + 1, error = ?outcome, retry_in = backoff, "alert delivery failed");
+                tracing::warn!(to = %d.url, attempt = d.attempts + 1, error = ?outcome, retry_in = backoff, "alert delivery failed");
             }
             let st = self.store.state().clone();
             let err = outcome.clone();
@@ -440,6 +476,30 @@ impl AlertEngine {
             .await;
         }
         delivered
+    }
+
+    /// One webhook call: `None` when accepted, else why not.
+    async fn post(&self, d: &crate::state::OutboxRow) -> Option<String> {
+        {
+            let mut req = self
+                .http
+                .post(&d.url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", &d.idempotency_key)
+                .header("x-cleanpipe-event", &d.event)
+                .body(d.body.clone());
+            if let Some(secret) = &d.secret {
+                req = req.header(
+                    "x-cleanpipe-signature",
+                    format!("sha256={}", signature(secret, d.body.as_bytes())),
+                );
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("HTTP {}", r.status())),
+                Err(e) => Some(e.to_string()),
+            }
+        }
     }
 
     /// Runs forever: open alerts, check deadlines, reload after revocations, deliver.

@@ -20,6 +20,7 @@
 //! - [`dns`]: the one request path (parse → identify → decide → answer → encode) and the
 //!   UDP and TCP transports that feed it.
 //! - [`web`]: the admin HTTP API.
+//! - [`mail`]: alert e-mails through the ISP's SMTP relay.
 //! - [`metrics`]: metric names and their descriptions.
 //! - [`xfr`]: threat feeds kept current by AXFR/IXFR with TSIG and NOTIFY.
 //! - [`server`]: wires everything together for `cleanpipe serve`.
@@ -28,6 +29,7 @@ pub mod alerts;
 pub mod config;
 pub mod detect;
 pub mod dns;
+pub mod mail;
 pub mod metrics;
 pub mod misses;
 pub mod net;

@@ -241,6 +241,68 @@ pub struct AlertsConfig {
     /// Longest wait between delivery retries, in seconds. Default: 3600.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_secs: u64,
+    /// The SMTP relay alert e-mails go through. Without it, alerts go by webhook only.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+    /// The CERT's e-mail addresses, which receive every alert event (needs `smtp`).
+    #[serde(default)]
+    pub cert_email: Vec<String>,
+    /// Language of e-mails to the CERT and to organisations that name none (`en`, `nl`, `fr`,
+    /// `de`). Default: `en`.
+    #[serde(default = "default_language")]
+    pub language: String,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+
+/// How the connection to the SMTP relay is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS, which must succeed (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host.
+    None,
+}
+
+/// `alerts.smtp:` — the relay alert e-mails are sent through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Relay host name (also the name its TLS certificate must carry).
+    pub server: String,
+    /// Port. Default: 587 (starttls), 465 (tls), 25 (none).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// Login, if the relay needs one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password, inline.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Password, from a file (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Sender, e.g. `cleanpipe <abuse@isp.example>`.
+    pub from: String,
+    /// Extra CA certificate (PEM) to trust for the relay, e.g. an internal PKI.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds a delivery may take. Default: 30.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_smtp_timeout() -> u64 {
+    30
 }
 
 fn default_reminders() -> Vec<u8> {
@@ -269,6 +331,9 @@ impl Default for AlertsConfig {
             tick_secs: default_tick(),
             webhook_timeout_secs: default_webhook_timeout(),
             max_backoff_secs: default_max_backoff(),
+            smtp: None,
+            cert_email: Vec::new(),
+            language: default_language(),
         }
     }
 }
@@ -1066,6 +1131,19 @@ impl Config {
                 join(p);
             }
         }
+        for t in &mut self.admin.tokens {
+            if let Some(p) = t.token_file.as_mut() {
+                join(p);
+            }
+        }
+        if let Some(smtp) = self.alerts.smtp.as_mut() {
+            for p in [smtp.ca_file.as_mut(), smtp.password_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                join(p);
+            }
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -1077,6 +1155,19 @@ impl Config {
             return Err(invalid("listen.dns: at least one address is needed".into()));
         }
         self.api_tokens().map_err(invalid)?;
+        if !crate::policy::sources::MAIL_LANGUAGES.contains(&self.alerts.language.as_str()) {
+            return Err(invalid(format!(
+                "alerts.language `{}`: alert e-mails are written in {}",
+                self.alerts.language,
+                crate::policy::sources::MAIL_LANGUAGES.join(", ")
+            )));
+        }
+        if !self.alerts.cert_email.is_empty() && self.alerts.smtp.is_none() {
+            return Err(invalid(
+                "alerts.cert_email needs alerts.smtp: the relay the e-mails are sent through"
+                    .into(),
+            ));
+        }
         if (!self.tls.dot.is_empty() || !self.tls.doh.is_empty())
             && (self.tls.certificate.is_none() || self.tls.key.is_none())
         {
@@ -1196,6 +1287,15 @@ impl Config {
                     token.len()
                 ));
             }
+        }
+        if let Some(smtp) = &self.alerts.smtp
+            && smtp.security == SmtpSecurity::None
+            && !matches!(smtp.server.as_str(), "localhost" | "127.0.0.1" | "::1")
+        {
+            w.push(format!(
+                "alerts.smtp.security is none for {}: alert e-mails (and the relay password) cross the network in clear; use starttls or tls",
+                smtp.server
+            ));
         }
         if !self.policy.trusted_zone {
             w.push(

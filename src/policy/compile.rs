@@ -564,6 +564,33 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
                     );
                 }
             }
+            if let Some(lang) = &e.language
+                && !sources::MAIL_LANGUAGES.contains(&lang.as_str())
+            {
+                b.err(
+                    &l.file,
+                    *line,
+                    format!(
+                        "organisation `{}`: language `{lang}` (alert e-mails are written in {})",
+                        e.id,
+                        sources::MAIL_LANGUAGES.join(", ")
+                    ),
+                );
+            }
+            for c in &e.contacts {
+                if let Some(m) = &c.email
+                    && !plausible_email(m)
+                {
+                    b.err(
+                        &l.file,
+                        *line,
+                        format!(
+                            "organisation `{}`: contact e-mail `{m}` is not an address",
+                            e.id
+                        ),
+                    );
+                }
+            }
             let standing = if o.revoked.contains(&e.id) {
                 Standing::Revoked
             } else {
@@ -576,6 +603,7 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
                 contacts: e.contacts.clone(),
                 grace_hours: e.grace_hours,
                 standing,
+                language: e.language.clone(),
                 origin: Origin {
                     file: fi,
                     line: *line,
@@ -586,6 +614,19 @@ fn compile_organisations(b: &mut Builder, files: &[Located<OrganisationEntry>], 
 }
 
 /// Enrolments from files and the operator's changes. Profiles must be compiled first.
+/// `local@domain.tld`, no spaces or angle brackets: what an alert e-mail can be sent to.
+fn plausible_email(m: &str) -> bool {
+    let Some((local, domain)) = m.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && normalise(domain).is_ok()
+        && !m
+            .chars()
+            .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',')
+}
+
 fn compile_enrolments(
     b: &mut Builder,
     files: &[Located<EnrolmentEntry>],

@@ -241,6 +241,8 @@ pub struct Organisation {
     pub grace_hours: f64,
     /// Standing (a revocation recorded at runtime overrides the file).
     pub standing: Standing,
+    /// Language of its alert e-mails, when it names one.
+    pub language: Option<String>,
     /// Where it was declared.
     #[serde(skip)]
     pub origin: Origin,

@@ -258,7 +258,13 @@ pub struct OrganisationEntry {
     /// `good` (default) or `revoked`.
     #[serde(default = "default_standing")]
     pub standing: Standing,
+    /// Language of its alert e-mails (`en`, `nl`, `fr`, `de`). Default: `alerts.language`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
+
+/// Languages alert e-mails can be written in.
+pub const MAIL_LANGUAGES: [&str; 4] = ["en", "nl", "fr", "de"];
 
 fn default_grace_hours() -> f64 {
     72.0

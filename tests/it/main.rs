@@ -7,6 +7,7 @@ mod allowlists;
 mod differential;
 mod feeds;
 mod hardening;
+mod mail;
 mod ops;
 mod page;
 mod policy;

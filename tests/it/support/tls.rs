@@ -41,6 +41,11 @@ pub fn make_ca(dir: &Path) -> PathBuf {
 /// A server certificate for [`HOST`] signed by the CA in `dir`, written to `cert` and `key`
 /// (serial `serial`, so two versions can be told apart).
 pub fn make_server_cert(dir: &Path, cert: &Path, key: &Path, serial: u32) {
+    make_cert_for(dir, cert, key, serial, &format!("DNS:{HOST}"));
+}
+
+/// A server certificate for `san` (`DNS:name` or `IP:address`) signed by the CA in `dir`.
+pub fn make_cert_for(dir: &Path, cert: &Path, key: &Path, serial: u32, san: &str) {
     let csr = dir.join("server.csr");
     run(Command::new("openssl")
         .args([
@@ -60,7 +65,7 @@ pub fn make_server_cert(dir: &Path, cert: &Path, key: &Path, serial: u32) {
     let ext = dir.join("ext.cnf");
     std::fs::write(
         &ext,
-        format!("subjectAltName=DNS:{HOST}\nextendedKeyUsage=serverAuth\n"),
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
     )
     .expect("ext");
     run(Command::new("openssl")
