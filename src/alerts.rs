@@ -101,9 +101,7 @@ pub struct TickReport {
     pub revoked: usize,
 }
 
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
-}
+use crate::timefmt::rfc3339;
 
 /// Hex HMAC-SHA256 of `body` with `secret`, as sent in `X-Cleanpipe-Signature: sha256=<hex>`.
 pub fn signature(secret: &str, body: &[u8]) -> String {

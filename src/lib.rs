@@ -13,6 +13,7 @@
 //! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`misses`]: names trusted-zone clients were denied, per profile ("service broken?").
+//! - [`report`]: the CLI's text output.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
 //! - [`notify`]: systemd readiness notification.
 //! - [`net`]: connection limits shared by every stream listener (DNS over TCP, HTTP).
@@ -23,6 +24,7 @@
 //! - [`mail`]: alert e-mails through the ISP's SMTP relay.
 //! - [`metrics`]: metric names and their descriptions.
 //! - [`xfr`]: threat feeds kept current by AXFR/IXFR with TSIG and NOTIFY.
+//! - [`timefmt`]: RFC 3339 times.
 //! - [`server`]: wires everything together for `cleanpipe serve`.
 
 pub mod alerts;
@@ -35,10 +37,12 @@ pub mod misses;
 pub mod net;
 pub mod notify;
 pub mod policy;
+pub mod report;
 pub mod resolve;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod timefmt;
 pub mod watch;
 pub mod web;
 pub mod wire;

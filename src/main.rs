@@ -27,6 +27,27 @@ struct ConfigArg {
     /// the current directory).
     #[arg(long, short, env = "CLEANPIPE_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Print the admin API's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Who you are, for the audit log. Default: your login name.
+    #[arg(long, env = "CLEANPIPE_ACTOR", global = true)]
+    actor: Option<String>,
+}
+
+impl ConfigArg {
+    /// The operator recorded in the audit log: `--actor`, else the login name (the user behind
+    /// sudo first).
+    fn actor(&self) -> String {
+        self.actor
+            .clone()
+            .or_else(|| {
+                ["SUDO_USER", "USER", "LOGNAME"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            })
+            .unwrap_or_else(|| "cli".into())
+    }
 }
 
 #[derive(Subcommand)]
@@ -56,6 +77,14 @@ enum Command {
     },
     /// Show the running service's status (admin API).
     Status(ConfigArg),
+    /// The latest changes: when, who, what (admin API).
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Entries to show (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Exit 0 when the running service is ready (`GET /ready`), 1 otherwise: for health checks.
     Ready(ConfigArg),
     /// Set or clear global trusted-only mode (admin API).
@@ -187,9 +216,6 @@ enum AllowlistCmd {
         /// Lines to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Print the API's JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -458,6 +484,10 @@ fn explain_cmd(arg: &ConfigArg, client: IpAddr, qname: &str, qtype: &str) -> Res
         &q,
         chrono::Utc::now().timestamp(),
     );
+    if arg.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
     println!("decision: {}", e.action);
     println!("reason:   {}", e.reason);
     if let Some(ede) = &e.ede {
@@ -474,10 +504,9 @@ fn allowlist(arg: &ConfigArg, what: &AllowlistCmd) -> Result<()> {
         profile,
         since,
         limit,
-        json,
     } = what
     {
-        return misses(arg, profile.as_deref(), since.as_deref(), *limit, *json);
+        return misses(arg, profile.as_deref(), since.as_deref(), *limit, arg.json);
     }
     let config = load_config(arg)?;
     let sources = cleanpipe::policy::SourceSet::read(None, &config.policy.allowlists)?;
@@ -528,7 +557,16 @@ fn admin_call(
     body: Option<serde_json::Value>,
 ) -> Result<()> {
     let text = admin_request(arg, method, path, body)?;
-    println!("{}", text.trim_end());
+    if arg.json || method == "GET" {
+        println!("{}", text.trim_end());
+    } else {
+        // A change: say what is in force now, briefly.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match v["generation"].as_u64() {
+            Some(g) => println!("done: policy generation {g} is serving"),
+            None => println!("{}", text.trim_end()),
+        }
+    }
     Ok(())
 }
 
@@ -540,19 +578,63 @@ fn admin_request(
     body: Option<serde_json::Value>,
 ) -> Result<String> {
     let config = load_config(arg)?;
-    let addr = config
-        .admin
-        .listen
-        .context("admin.listen is disabled in this configuration")?;
+    let addr = config.admin.listen.context(
+        "admin.listen is null in this configuration: the admin API is off, so this command cannot reach the service",
+    )?;
     let token = config.admin_token();
-    let body = body.map(|b| b.to_string());
-    let (code, text) =
-        cleanpipe::web::client::call(addr, method, path, token.as_deref(), body.as_deref())?;
-    if !(200..300).contains(&code) {
-        eprintln!("{}", text.trim_end());
-        bail!("admin API answered {code}");
+    let auth = token.as_deref().map(|t| format!("Bearer {t}"));
+    let actor = arg.actor();
+    let mut headers: Vec<(&str, &str)> = vec![("X-Cleanpipe-Actor", &actor)];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
     }
-    Ok(text)
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let r = cleanpipe::web::client::request(addr, None, method, path, &headers, &body)
+        .with_context(|| {
+            format!(
+                "cannot reach the admin API at {addr}: is `cleanpipe serve` running with this configuration ({})?",
+                arg.config
+                    .as_deref()
+                    .map_or("the embedded default; pass --config".into(), |p| p.display().to_string())
+            )
+        })?;
+    let message = || {
+        serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| r.body.trim().to_owned())
+    };
+    match r.status {
+        200..=299 => Ok(r.body),
+        401 if token.is_none() => bail!(
+            "the admin API needs a token: set admin.token in the configuration or CLEANPIPE_ADMIN_TOKEN in the environment"
+        ),
+        401 => bail!(
+            "the admin API refused the token: check admin.token (or CLEANPIPE_ADMIN_TOKEN) against the running service's configuration"
+        ),
+        403 => bail!("{} (use a token with that scope)", message()),
+        code @ 400..=499 => bail!("{} (HTTP {code})", message()),
+        code => bail!(
+            "the service failed: {} (HTTP {code}); its log says more (journalctl -u cleanpipe)",
+            message()
+        ),
+    }
+}
+
+/// A GET whose answer is printed as text by `render`, or as JSON with `--json`.
+fn admin_show(arg: &ConfigArg, path: &str, render: fn(&serde_json::Value) -> String) -> Result<()> {
+    let body = admin_request(arg, "GET", path, None)?;
+    if arg.json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the admin API answered something that is not JSON")?;
+    print!("{}", render(&v));
+    Ok(())
 }
 
 /// `cleanpipe allowlist misses`: a table of the most denied names.
@@ -626,7 +708,8 @@ fn main() -> ExitCode {
         Command::Check(c) => check(c),
         Command::Explain { config, client, qname, qtype } => explain_cmd(config, *client, qname, qtype).map(|_| ExitCode::SUCCESS),
         Command::Allowlist { config, what } => allowlist(config, what).map(|_| ExitCode::SUCCESS),
-        Command::Status(c) => admin_call(c, "GET", "/v1/status", None).map(|_| ExitCode::SUCCESS),
+        Command::Status(c) => admin_show(c, "/v1/status", cleanpipe::report::status).map(|_| ExitCode::SUCCESS),
+        Command::Audit { config, limit } => admin_show(config, &format!("/v1/audit?limit={limit}"), cleanpipe::report::audit).map(|_| ExitCode::SUCCESS),
         Command::Ready(c) => admin_call(c, "GET", "/ready", None).map(|_| ExitCode::SUCCESS),
         Command::Mode { config, what } => match what {
             ModeCmd::TrustedOnly { reason, expires, exempt, replace_exemptions } => {
@@ -683,7 +766,7 @@ fn main() -> ExitCode {
                 if let Some(s) = state {
                     q.push(format!("state={}", encode(s)));
                 }
-                admin_call(config, "GET", &format!("/v1/alerts?{}", q.join("&")), None)
+                admin_show(config, &format!("/v1/alerts?{}", q.join("&")), cleanpipe::report::alerts)
             }
             AlertsCmd::Ack { id, reason } => admin_call(config, "POST", &format!("/v1/alerts/{id}/acknowledge"), Some(serde_json::json!({"reason": reason}))),
             AlertsCmd::Resolve { id, reason } => admin_call(config, "POST", &format!("/v1/alerts/{id}/resolve"), Some(serde_json::json!({"reason": reason}))),

@@ -112,7 +112,8 @@ pub struct TransferredFeed {
 pub struct ReloadStatus {
     /// Generation currently serving.
     pub generation: u64,
-    /// Unix seconds of the last successful reload.
+    /// Unix seconds of the last successful reload (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser")]
     pub loaded_at: i64,
     /// Milliseconds the last successful compile took.
     pub compile_ms: u64,
@@ -120,7 +121,8 @@ pub struct ReloadStatus {
     pub counts: Option<Counts>,
     /// Errors of the last failed reload (cleared by the next success).
     pub last_errors: Vec<String>,
-    /// Unix seconds of the last failed reload.
+    /// Unix seconds of the last failed reload (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser_opt")]
     pub last_error_at: Option<i64>,
     /// Successful reloads since start.
     pub reloads: u64,

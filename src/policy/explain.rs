@@ -22,7 +22,7 @@ pub struct Explanation {
 }
 
 fn when(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    crate::timefmt::rfc3339(t)
 }
 
 /// Seconds after midnight as `HH:MM` (`HH:MM:SS` when not on a minute).

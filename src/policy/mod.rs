@@ -257,9 +257,11 @@ pub struct ModeState {
     pub set_by: String,
     /// Why.
     pub reason: String,
-    /// Unix seconds, when set.
+    /// Unix seconds, when set (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser_opt")]
     pub set_at: Option<i64>,
-    /// Unix seconds after which trusted-only no longer applies.
+    /// Unix seconds after which trusted-only no longer applies (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser_opt")]
     pub expires: Option<i64>,
     /// `file` or `admin-api`.
     pub source: String,

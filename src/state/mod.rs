@@ -41,13 +41,16 @@ pub struct AlertRow {
     pub signature: String,
     /// Who reported it.
     pub source: String,
-    /// Unix seconds.
+    /// Unix seconds (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser")]
     pub first_seen: i64,
-    /// Unix seconds.
+    /// Unix seconds (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser")]
     pub last_seen: i64,
     /// DNS sightings and repeated reports.
     pub sightings: i64,
-    /// Unix seconds: cleanup deadline.
+    /// Unix seconds: cleanup deadline (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::timefmt::ser")]
     pub deadline: i64,
     /// `open`, `acknowledged`, `resolved`, `overdue`.
     pub state: String,

@@ -283,9 +283,7 @@ fn feeds_status(
         .collect()
 }
 
-fn rfc3339(t: i64) -> String {
-    DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
-}
+use crate::timefmt::rfc3339;
 
 async fn reload(State(s): State<AdminState>) -> ApiResult {
     let generation = reload_now(&s.store).await?;
@@ -674,12 +672,20 @@ async fn explain_query(State(s): State<AdminState>, Query(q): Query<ExplainQuery
     ))
 }
 
-async fn audit(State(s): State<AdminState>) -> ApiResult {
+/// `?limit=` of the audit log.
+#[derive(Deserialize)]
+struct LimitQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn audit(State(s): State<AdminState>, Query(q): Query<LimitQuery>) -> ApiResult {
     let st = s.store.state().clone();
-    let rows = blocking(move || st.audit_log(200)).await?;
+    let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
+    let rows = blocking(move || st.audit_log(limit)).await?;
     Ok(Json(json!(rows
         .into_iter()
-        .map(|(at, actor, action, detail)| json!({"at": at, "actor": actor, "action": action, "detail": detail}))
+        .map(|(at, actor, action, detail)| json!({"at": rfc3339(at), "actor": actor, "action": action, "detail": detail}))
         .collect::<Vec<_>>())))
 }
 

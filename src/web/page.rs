@@ -157,14 +157,13 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-fn when(t: i64, lang: &str) -> String {
-    let Some(d) = chrono::DateTime::from_timestamp(t, 0) else {
-        return t.to_string();
-    };
-    match lang {
-        "en" => d.format("%Y-%m-%d %H:%M UTC").to_string(),
-        _ => d.format("%d/%m/%Y %H:%M UTC").to_string(),
-    }
+/// A time on the page: the RFC 3339 date and time of day in UTC (`2026-11-20 08:00 UTC`), the
+/// same in every language, so that nobody has to guess whether 03/04 is March or April.
+fn when(t: i64, _lang: &str) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(
+        || t.to_string(),
+        |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
+    )
 }
 
 const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f4f6f8;color:#1a1a1a;line-height:1.5}\

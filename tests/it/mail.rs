@@ -207,6 +207,31 @@ fn alert_emails_reach_the_contact_and_the_cert_over_starttls_in_their_language()
         "{}",
         subject(cert)
     );
+    // The abuse desk reads the alert as a table, with RFC 3339 times.
+    let out = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["alerts", "list", "--config"])
+        .arg(cp.dir.join("cleanpipe.yaml"))
+        .output()
+        .expect("cli");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|h| h.starts_with("ALERT  STATE  ORGANISATION")),
+        "{table}"
+    );
+    let row = lines.get(1).copied().unwrap_or("");
+    for cell in [
+        "#1",
+        "open",
+        "hospital",
+        "127.0.78.7",
+        "Qakbot",
+        "2026-11-20T08:00:00Z",
+    ] {
+        assert!(row.contains(cell), "{cell} in {table}");
+    }
     // Delivered means done: nothing left in the outbox, and no second copy later.
     let (_, status) = cp.admin("GET", "/v1/status", None);
     assert_eq!(status["pending_deliveries"], 0, "{status}");

@@ -358,10 +358,30 @@ fn cli_admin_commands_drive_the_running_service() {
         (m.metadata.response_code, ede(&m)),
         (ResponseCode::NXDomain, Some(15))
     );
-    let status = run(&["status"]);
+    let status = run(&["status", "--json"]);
     assert!(
         status.contains("\"trusted_only_in_force\":true"),
         "{status}"
+    );
+    // For people: aligned text, RFC 3339 times, the operator in the audit log.
+    let status = run(&["status"]);
+    assert!(
+        status.contains("  mode          TRUSTED-ONLY since 20") && status.contains("drill"),
+        "{status}"
+    );
+    let audit = run(&["audit", "--actor", "noc/alice", "--limit", "3"]);
+    let mut lines = audit.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|h| h.starts_with("AT ") && h.contains("ACTOR")),
+        "{audit}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("20") && l.contains("T") && l.contains("mode")),
+        "{audit}"
     );
     run(&["mode", "clear", "--reason", "drill over"]);
     run(&["unflag", "127.0.0.70", "--reason", "cleaned"]);
@@ -386,7 +406,11 @@ fn cli_admin_commands_drive_the_running_service() {
         .output()
         .expect("cli");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the token") && err.contains("admin.token"),
+        "the error says what to check: {err}"
+    );
     // Decisions are counted by action and reason.
     let (_, metrics) =
         cleanpipe::web::client::call(cp.admin, "GET", "/metrics", None, None).expect("metrics");

@@ -6,6 +6,7 @@ written to OUT/NNNN.eml with OUT/NNNN.json saying who sent it to whom, whether i
 TLS and who logged in. Prints "ready" once listening; stops when stdin closes.
 """
 import argparse
+import warnings
 import json
 import os
 import ssl
@@ -13,6 +14,9 @@ import sys
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# aiosmtpd 1.4 warns about its own use of a deprecated attribute on every login.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 class Handler:
@@ -27,7 +31,7 @@ class Handler:
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "tls": session.ssl is not None,
-            "login": session.login_data.decode() if isinstance(session.login_data, bytes) else session.login_data,
+            "login": session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
             "authenticated": bool(session.authenticated),
         }
         with open(base + ".eml.tmp", "wb") as f:
