@@ -26,7 +26,7 @@ pub fn ser_opt<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::
 mod tests {
     #[test]
     fn utc_with_a_z() {
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T08:26:40Z");
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
     }
 }
