@@ -13,6 +13,7 @@
 //! - [`alerts`]: organisation alerts, deadlines, revocation, webhook delivery (durable outbox).
 //! - [`detect`]: flags subscribers who look up botnet-feed names.
 //! - [`misses`]: names trusted-zone clients were denied, per profile ("service broken?").
+//! - [`querylog`]: the policy-action log and dnstap.
 //! - [`report`]: the CLI's text output.
 //! - [`resolve`]: resolution backends (recursive, forward) behind one trait, and the answer cache.
 //! - [`notify`]: systemd readiness notification.
@@ -37,6 +38,7 @@ pub mod misses;
 pub mod net;
 pub mod notify;
 pub mod policy;
+pub mod querylog;
 pub mod report;
 pub mod resolve;
 pub mod server;

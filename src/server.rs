@@ -110,7 +110,13 @@ pub async fn serve(
         config.clone(),
         metrics.clone(),
     ));
-    let pipeline = pipeline(&config, &store, &resolver, &engine)?.with_misses(misses.clone());
+    let mut pipeline = pipeline(&config, &store, &resolver, &engine)?.with_misses(misses.clone());
+    let querylog =
+        crate::querylog::QueryLog::start(config.log.actions.as_ref(), config.log.dnstap.as_ref())
+            .map(Arc::new);
+    if let Some(q) = &querylog {
+        pipeline = pipeline.with_querylog(q.clone());
+    }
     let inflight = pipeline.inflight();
     let tls = if config.tls.dot.is_empty() && config.tls.doh.is_empty() {
         None
@@ -215,6 +221,9 @@ pub async fn serve(
     }
     alert_task.abort();
     misses_task.abort();
+    if let Some(q) = querylog {
+        let _ = tokio::task::spawn_blocking(move || q.close()).await;
+    }
     let st = store.state().clone();
     let _ = tokio::task::spawn_blocking(move || misses.flush(&*st, chrono::Utc::now().timestamp()))
         .await;

@@ -33,6 +33,16 @@ pub mod rcode {
     pub const NOTIMP: u16 = 4;
     /// Refused.
     pub const REFUSED: u16 = 5;
+
+    /// Response codes 0–5 as dig spells them, then `OTHER`.
+    pub const NAMES: [&str; 7] = [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
+    ];
+
+    /// The name of the response code in a reply's header (`OTHER` above 5).
+    pub fn name_of(reply: &[u8]) -> &'static str {
+        NAMES[reply.get(3).map_or(6, |b| usize::from(b & 0x0f).min(6))]
+    }
     /// Bad EDNS version (extended: needs an OPT record).
     pub const BADVERS: u16 = 16;
     /// Bad (server) cookie (extended: needs an OPT record).

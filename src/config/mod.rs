@@ -871,6 +871,66 @@ pub struct LogConfig {
     /// `text` (default) or `json`.
     #[serde(default = "default_log_format")]
     pub format: String,
+    /// A JSON line per policy action (sinkhole, block, alert, feed match). Default: off.
+    #[serde(default)]
+    pub actions: Option<ActionLogConfig>,
+    /// dnstap output (Frame Streams over a Unix socket). Default: off.
+    #[serde(default)]
+    pub dnstap: Option<DnstapConfig>,
+}
+
+/// How client addresses appear in the action log and dnstap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientPrivacy {
+    /// IPv4 /24, IPv6 /48 (the default: enough for the NOC, not a subscriber).
+    #[default]
+    Truncate,
+    /// A keyed hash (HMAC-SHA256 with `hash_key`): the same client gives the same value, and
+    /// nobody without the key can tell which.
+    Hash,
+    /// The full address.
+    Full,
+}
+
+/// `log.actions:` — the policy-action log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionLogConfig {
+    /// File the JSON lines are appended to (reopened when logrotate moves it).
+    pub path: PathBuf,
+    /// `truncate` (default), `hash` or `full`.
+    #[serde(default)]
+    pub client: ClientPrivacy,
+    /// Key of `client: hash` (hex or text). Default: random at each start (hashes then do not
+    /// link across restarts).
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// Also log queries resolved normally. Default: false.
+    #[serde(default)]
+    pub all_queries: bool,
+}
+
+/// `log.dnstap:` — dnstap to a collector (fstrm_capture, a SIEM's dnstap input).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnstapConfig {
+    /// The collector's Unix socket.
+    pub socket: PathBuf,
+    /// `identity` field of every message. Default: the host name.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Also send queries resolved normally (as every other resolver's dnstap does). Default:
+    /// false: only policy actions.
+    #[serde(default)]
+    pub all_queries: bool,
+    /// How client addresses are written (`full` is what dnstap tools expect). Default:
+    /// `truncate`.
+    #[serde(default)]
+    pub client: ClientPrivacy,
+    /// Key of `client: hash`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
 }
 
 fn default_dns_listen() -> Vec<SocketAddr> {
@@ -1066,6 +1126,8 @@ impl Default for LogConfig {
         Self {
             filter: default_log_filter(),
             format: default_log_format(),
+            actions: None,
+            dnstap: None,
         }
     }
 }
@@ -1135,6 +1197,12 @@ impl Config {
             if let Some(p) = t.token_file.as_mut() {
                 join(p);
             }
+        }
+        if let Some(a) = self.log.actions.as_mut() {
+            join(&mut a.path);
+        }
+        if let Some(d) = self.log.dnstap.as_mut() {
+            join(&mut d.socket);
         }
         if let Some(smtp) = self.alerts.smtp.as_mut() {
             for p in [smtp.ca_file.as_mut(), smtp.password_file.as_mut()]

@@ -138,6 +138,14 @@ pub struct Pending {
     opt: OptOut<'static>,
     /// When the query arrived (for the answer-time histogram).
     started: Instant,
+    /// What the policy did, when the query log wants it.
+    note: Option<Box<crate::querylog::Note>>,
+}
+
+/// What [`Pipeline::start`] learns on the way, for metrics and the query log.
+struct Meta {
+    source: Source,
+    note: Option<crate::querylog::Note>,
 }
 
 /// Where an answer came from, for the answer-time histogram.
@@ -160,10 +168,7 @@ impl Source {
     }
 }
 
-/// Response codes as dig spells them, by code (0–5); others count as `OTHER`.
-const RCODES: [&str; 7] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
-];
+use crate::wire::rcode::NAMES as RCODES;
 
 #[derive(Debug)]
 enum Work {
@@ -190,6 +195,7 @@ pub struct Pipeline {
     inflight: Arc<AtomicUsize>,
     detector: Option<crate::detect::Detector>,
     misses: Option<Arc<crate::misses::Misses>>,
+    querylog: Option<Arc<crate::querylog::QueryLog>>,
     notifier: Option<crate::xfr::Notifier>,
     alerts: Option<Arc<crate::alerts::AlertEngine>>,
     cookies: cookie::Cookies,
@@ -313,6 +319,7 @@ impl Pipeline {
             inflight: Arc::new(AtomicUsize::new(0)),
             detector: None,
             misses: None,
+            querylog: None,
             notifier: None,
             alerts: None,
             cookies: cookie::Cookies::new(None),
@@ -342,6 +349,12 @@ impl Pipeline {
     /// Accepts NOTIFY for transferred feeds from their primaries.
     pub fn with_notifier(mut self, n: crate::xfr::Notifier) -> Self {
         self.notifier = Some(n);
+        self
+    }
+
+    /// Logs policy actions (JSON lines, dnstap).
+    pub fn with_querylog(mut self, q: Arc<crate::querylog::QueryLog>) -> Self {
+        self.querylog = Some(q);
         self
     }
 
@@ -375,13 +388,23 @@ impl Pipeline {
     /// Every stage that needs no waiting: parse, identify, decide, record, and the answer when
     /// it comes from the cache or from the policy itself.
     pub fn start(&self, wire: &[u8], client: Client, now: Now, out: &mut Vec<u8>) -> Step {
-        let mut source = Source::Synthesized;
-        let mut step = self.start_inner(wire, client, now, out, &mut source);
+        let mut meta = Meta {
+            source: Source::Synthesized,
+            note: None,
+        };
+        let mut step = self.start_inner(wire, client, now, out, &mut meta);
         match &mut step {
-            Step::Answered => self
-                .counters
-                .answered(client.transport, source, now.instant, out),
-            Step::Pending(p) => p.started = now.instant,
+            Step::Answered => {
+                self.counters
+                    .answered(client.transport, meta.source, now.instant, out);
+                if let Some(note) = meta.note {
+                    self.log(client, wire.to_vec(), out, note);
+                }
+            }
+            Step::Pending(p) => {
+                p.started = now.instant;
+                p.note = meta.note.map(Box::new);
+            }
             Step::Silent => {}
         }
         step
@@ -393,7 +416,7 @@ impl Pipeline {
         client: Client,
         now: Now,
         out: &mut Vec<u8>,
-        source: &mut Source,
+        meta: &mut Meta,
     ) -> Step {
         self.counters.queries[client.transport as usize].increment(1);
         let q = match Query::parse(wire) {
@@ -468,6 +491,9 @@ impl Pipeline {
             return Step::Answered;
         }
         self.record(snap, &decision, &view, &question, client, now.unix);
+        if let Some(log) = &self.querylog {
+            meta.note = note(snap, &decision, &question, log.wants_all());
+        }
 
         if let Some(step) = self.policy_answer(&q, client, snap, &decision, limit, &o, out) {
             return step;
@@ -487,7 +513,7 @@ impl Pipeline {
         };
         if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
             self.counters.cache_hits.increment(1);
-            *source = Source::Cache;
+            meta.source = Source::Cache;
             if !hit.chain().is_empty()
                 && let Some(step) =
                     self.chain_answer(&q, client, proven, snap, &view, hit.chain(), &mut o, out)
@@ -648,18 +674,38 @@ impl Pipeline {
             work,
             opt,
             started: Instant::now(),
+            note: None,
         }))
     }
 
     /// Completes a query that needs the backend. `true` when `out` holds a reply.
-    pub async fn finish(&self, p: Box<Pending>, out: &mut Vec<u8>) -> bool {
-        let (transport, started) = (p.client.transport, p.started);
+    pub async fn finish(&self, mut p: Box<Pending>, out: &mut Vec<u8>) -> bool {
+        let (client, started) = (p.client, p.started);
+        let logged = p.note.take().map(|n| (n, p.wire.clone()));
         let sent = self.finish_inner(p, out).await;
         if sent {
             self.counters
-                .answered(transport, Source::Upstream, started, out);
+                .answered(client.transport, Source::Upstream, started, out);
+            if let Some((note, wire)) = logged {
+                self.log(client, wire, out, *note);
+            }
         }
         sent
+    }
+
+    /// Hands an answered query to the query log.
+    fn log(&self, client: Client, query: Vec<u8>, out: &[u8], note: crate::querylog::Note) {
+        if let Some(log) = &self.querylog {
+            log.emit(crate::querylog::Event {
+                at: std::time::SystemTime::now(),
+                client: client.addr,
+                server: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                transport: client.transport.label(),
+                query,
+                response: out.to_vec(),
+                note,
+            });
+        }
     }
 
     async fn finish_inner(&self, p: Box<Pending>, out: &mut Vec<u8>) -> bool {
@@ -840,6 +886,59 @@ impl Pipeline {
             detector.report(ip, view, &f.name, f.family_of(&rule), &q.name.to_text());
         }
     }
+}
+
+/// The query log's note of a decision: policy actions (sinkholes, blocks, alerts, feed
+/// matches) always, other decisions only when `all` queries are logged.
+fn note(
+    snap: &crate::policy::Snapshot,
+    d: &Decision,
+    q: &Question,
+    all: bool,
+) -> Option<crate::querylog::Note> {
+    let profile = |p: u16| {
+        snap.profiles
+            .get(p as usize)
+            .map_or_else(String::new, |p| format!("profile {}", p.name))
+    };
+    let (policy, detail) = match d.reason {
+        Reason::ThreatFeed { feed, rule, .. } => (
+            true,
+            snap.feeds.get(feed as usize).map_or_else(String::new, |f| {
+                format!("feed {} ({})", f.name, f.family_of(&rule))
+            }),
+        ),
+        Reason::Quarantined { infection, .. } => (
+            true,
+            snap.infection(infection).map_or_else(String::new, |i| {
+                format!("infected: {}", snap.string(i.family))
+            }),
+        ),
+        Reason::OrganisationAlert { organisation, .. } => (
+            true,
+            snap.organisations
+                .get(organisation as usize)
+                .map_or_else(String::new, |o| format!("organisation {}", o.id)),
+        ),
+        Reason::TrustedBlocked { profile: p, .. }
+        | Reason::Canary { profile: p }
+        | Reason::Bypass { profile: p, .. } => (true, profile(p)),
+        _ if d.logged.is_some() => (
+            true,
+            d.logged
+                .and_then(|i| snap.feeds.get(i as usize))
+                .map_or_else(String::new, |f| format!("log-only feed {}", f.name)),
+        ),
+        _ => (false, String::new()),
+    };
+    (policy || all).then(|| crate::querylog::Note {
+        action: d.action.label(),
+        reason: d.reason.label(),
+        detail,
+        qname: q.name.to_text(),
+        qtype: u16::from(q.qtype),
+        policy,
+    })
 }
 
 /// True when the decision would flag the client infected (a botnet feed's name or client

@@ -11,6 +11,7 @@ mod mail;
 mod ops;
 mod page;
 mod policy;
+mod querylog;
 mod recursion;
 mod tcp;
 mod tls;
