@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
@@ -217,4 +218,114 @@ fn the_alert_rules_dashboard_and_systemd_unit_pass_their_checks() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ops checks: OK"), "{text}");
     assert!(!text.contains("SKIPPED"), "{text}");
+}
+
+/// `cleanpipe backup` copies the state database of a running instance; a new instance started
+/// on the copy (same configuration and policy files) makes the same decisions.
+#[test]
+fn a_backup_restored_into_a_new_instance_gives_the_same_decisions() {
+    let (_up, a) = setup(2);
+    let changes: [(&str, &str, &str); 4] = [
+        (
+            "POST",
+            "/v1/infected",
+            r#"{"prefix": "127.0.0.31", "family": "Emotet", "ticket": "T-31"}"#,
+        ),
+        (
+            "POST",
+            "/v1/enrolments",
+            r#"{"prefix": "127.0.0.32", "profile": "kids", "allow": ["www.ops.example"]}"#,
+        ),
+        (
+            "POST",
+            "/v1/enrolments",
+            r#"{"prefix": "127.0.0.33", "profile": "clean-pipe"}"#,
+        ),
+        (
+            "PUT",
+            "/v1/mode",
+            r#"{"mode": "trusted-only", "reason": "drill", "exempt": ["127.0.0.34"]}"#,
+        ),
+    ];
+    for (method, path, body) in changes {
+        let (code, resp) = a.admin(method, path, Some(body));
+        assert_eq!(code, 200, "{method} {path}: {resp}");
+    }
+    let copy = a.dir.join("backup.sqlite");
+    let out = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["backup", "--config"])
+        .arg(a.dir.join("cleanpipe.yaml"))
+        .arg(&copy)
+        .output()
+        .expect("cleanpipe backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Restore into a new instance: same configuration and policy, the copy as its database.
+    let mut b = Cleanpipe::prepare(
+        support::fresh_ip(),
+        "  mode: forward\n  forward:\n    - address: 127.0.80.2\n      port: 5354",
+        "",
+        &[],
+    );
+    for f in ["cleanpipe.yaml", "blocklist.rpz", "policy/infected.yaml"] {
+        let text = std::fs::read_to_string(a.dir.join(f)).expect("copy");
+        let text = text.replace(&a.dns.ip().to_string(), &b.dns.ip().to_string());
+        std::fs::write(b.dir.join(f), text).expect("write");
+    }
+    std::fs::copy(&copy, b.dir.join("state.sqlite")).expect("restore");
+    b.spawn();
+    let decide = |cp: &Cleanpipe, client: &str, name: &str| {
+        let (code, e) = cp.admin(
+            "GET",
+            &format!("/v1/explain?client={client}&name={name}"),
+            None,
+        );
+        assert_eq!(code, 200, "{e}");
+        (e["action"].clone(), e["reason"].clone())
+    };
+    let mut compared = 0;
+    for client in [
+        "127.0.0.9",
+        "127.0.0.10",
+        "127.0.0.31",
+        "127.0.0.32",
+        "127.0.0.33",
+        "127.0.0.34",
+    ] {
+        for name in [
+            "www.ops.example",
+            "bad.ops.example",
+            "www.kbc.be",
+            "www.youtube.com",
+        ] {
+            assert_eq!(
+                decide(&a, client, name),
+                decide(&b, client, name),
+                "{client} {name}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 24);
+    // And the restored instance really holds the changes (not a fresh, empty state).
+    assert_eq!(decide(&b, "127.0.0.31", "www.ops.example").1, "quarantined");
+    assert_eq!(
+        decide(&b, "127.0.0.32", "www.ops.example").1,
+        "household_allowed"
+    );
+    assert_eq!(decide(&b, "127.0.0.34", "www.ops.example").1, "exempt");
+    let (_, audit) = b.admin("GET", "/v1/audit", None);
+    assert_eq!(audit.as_array().map(Vec::len), Some(4), "{audit}");
+    // A backup never overwrites a file.
+    let again = Command::new(env!("CARGO_BIN_EXE_cleanpipe"))
+        .args(["backup", "--config"])
+        .arg(a.dir.join("cleanpipe.yaml"))
+        .arg(&copy)
+        .output()
+        .expect("cleanpipe backup");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 }
