@@ -31,7 +31,8 @@ COPY zones /usr/share/cleanpipe/zones
 COPY examples/production.yaml /etc/cleanpipe/cleanpipe.yaml
 USER cleanpipe
 VOLUME ["/etc/cleanpipe", "/var/lib/cleanpipe/policy", "/var/lib/cleanpipe/state"]
-EXPOSE 53/udp 53/tcp 80/tcp 8053/tcp
+# 853 DNS over TLS and 443 DNS over HTTPS are served when the mounted configuration has `tls:`.
+EXPOSE 53/udp 53/tcp 853/tcp 443/tcp 80/tcp 8053/tcp
 HEALTHCHECK --interval=10s --timeout=3s CMD ["cleanpipe", "ready", "--config", "/etc/cleanpipe/cleanpipe.yaml"]
 ENTRYPOINT ["cleanpipe"]
 CMD ["serve", "--config", "/etc/cleanpipe/cleanpipe.yaml"]
