@@ -451,7 +451,8 @@ fn check(arg: &ConfigArg) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(ReloadError::Invalid(errs)) => {
-            for e in &errs {
+            // The same message on many lines (a broken feed) is said once, with its lines.
+            for e in cleanpipe::policy::sources::summarise(&errs) {
                 eprintln!("{e}");
             }
             eprintln!("{} error(s)", errs.len());

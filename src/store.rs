@@ -70,7 +70,10 @@ impl ReloadError {
     /// Every problem as one line of text each (clipped).
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ReloadError::Invalid(errs) => errs.iter().map(|e| clip(&e.to_string())).collect(),
+            ReloadError::Invalid(errs) => crate::policy::sources::summarise(errs)
+                .iter()
+                .map(|e| clip(e))
+                .collect(),
             other => vec![clip(&other.to_string())],
         }
     }

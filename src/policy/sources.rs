@@ -45,6 +45,41 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// Errors as people read them: the same message in the same file is said once, with its lines
+/// (`feed.rpz:4, 5, 6 and 97 more lines: ...`), in the order first seen.
+pub fn summarise(errors: &[PolicyError]) -> Vec<String> {
+    let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
+    for e in errors {
+        match groups
+            .iter_mut()
+            .find(|(f, m, _)| *f == e.file && *m == e.message)
+        {
+            Some((_, _, lines)) => lines.push(e.line),
+            None => groups.push((&e.file, &e.message, vec![e.line])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(file, message, lines)| {
+            let known: Vec<String> = lines
+                .iter()
+                .filter(|l| **l > 0)
+                .map(|l| l.to_string())
+                .collect();
+            match known.len() {
+                0 if lines.len() > 1 => format!("{file}: {message} ({} times)", lines.len()),
+                0 => format!("{file}: {message}"),
+                1..=3 => format!("{file}:{}: {message}", known.join(", ")),
+                n => format!(
+                    "{file}:{} and {} more lines ({n} in all): {message}",
+                    known[..3].join(", "),
+                    n - 3
+                ),
+            }
+        })
+        .collect()
+}
+
 impl PolicyError {
     /// An error at a line of a file.
     pub fn at(file: &str, line: usize, message: impl Into<String>) -> Self {
@@ -973,6 +1008,23 @@ mod tests {
         let e = parse_enrolments("enrolments.yaml", text).expect_err("unknown key");
         assert!(e.message.contains("colour"), "{e}");
         assert!(e.line >= 2, "{e}");
+    }
+
+    #[test]
+    fn the_same_error_on_many_lines_is_said_once() {
+        let mut errs: Vec<PolicyError> = (4..104)
+            .map(|l| PolicyError::at("feed.rpz", l, "CNAME target: bad"))
+            .collect();
+        errs.push(PolicyError::at("feed.rpz", 200, "another problem"));
+        errs.push(PolicyError::at("infected.yaml", 3, "CNAME target: bad"));
+        assert_eq!(
+            summarise(&errs),
+            vec![
+                "feed.rpz:4, 5, 6 and 97 more lines (100 in all): CNAME target: bad".to_owned(),
+                "feed.rpz:200: another problem".to_owned(),
+                "infected.yaml:3: CNAME target: bad".to_owned(),
+            ]
+        );
     }
 
     #[test]
