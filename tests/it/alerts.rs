@@ -112,7 +112,7 @@ fn alert_is_delivered_signed_and_retried_until_the_receiver_accepts() {
     assert_eq!(body["alert"]["host"], "127.0.4.7");
     assert_eq!(body["alert"]["signature"], "Qakbot");
     assert_eq!(
-        body["alert"]["deadline"], "2026-12-20T08:00:00+00:00",
+        body["alert"]["deadline"], "2026-12-20T08:00:00Z",
         "first seen + 720 h"
     );
     // The failed attempts carried the same idempotency key as the delivered one.

@@ -138,9 +138,9 @@ fn forged_packets_never_flag_anyone_real_clients_still_are() {
             "127.0.88.{i} must not be flagged by a forged packet"
         );
     }
-    assert!(
-        cp.metric("cleanpipe_botnet_detections_total", &[])
-            .is_none(),
+    assert_eq!(
+        cp.metric("cleanpipe_botnet_detections_total", &[]),
+        Some(0.0),
         "no detection recorded"
     );
 
