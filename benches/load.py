@@ -144,7 +144,10 @@ def main():
             c.write(f"listen:\n  dns: [\"127.0.0.1:5301\"]\n  threads: 2\nclients:\n  allow: [127.0.0.0/8]\n"
                     f"resolver:\n  mode: forward\n  forward:\n    - address: {AUTH[0]}\n      port: {AUTH[1]}\n"
                     f"cache:\n  max_entries: 1000000\npolicy:\n  dir: {pol}\n  allowlists: {ROOT}/allowlists\n"
-                    f"admin:\n  listen: null\nweb:\n  listen: []\nstate:\n  path: {work}/state.sqlite\nlog:\n  filter: warn\n{feed_yaml}")
+                    f"admin:\n  listen: null\nweb:\n  listen: []\nstate:\n  path: {work}/state.sqlite\nlog:\n  filter: warn\n"
+                    # One load generator asks for every name: the per-client budget of new names
+                    # (an abuse defence, on by default) would drop the warm-up. Unbound has none.
+                    f"limits:\n  new_names_per_second: 0\n{feed_yaml}")
         ub_conf = os.path.join(work, "unbound.conf")
         with open(ub_conf, "w") as u:
             u.write(f"server:\n  interface: 127.0.0.1@5302\n  num-threads: 2\n  so-reuseport: yes\n"
