@@ -70,6 +70,10 @@ pub const REVOCATIONS: &str = "cleanpipe_organisation_revocations_total";
 pub const DELIVERIES: &str = "cleanpipe_alert_deliveries_total";
 /// 1 while global trusted-only mode is in force.
 pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
+/// Answers served stale (RFC 8767) because refreshing them failed.
+pub const STALE_ANSWERS: &str = "cleanpipe_stale_answers_total";
+/// Cache entries refreshed in the background before they expired.
+pub const PREFETCHES: &str = "cleanpipe_prefetches_total";
 /// Answers sent, by `rcode` (as dig spells it: NOERROR, NXDOMAIN, SERVFAIL, REFUSED...).
 pub const RESPONSES: &str = "cleanpipe_responses_total";
 /// Time from a query's arrival to its answer, by `transport` and `source` (cache, synthesized,
@@ -173,6 +177,11 @@ pub fn describe() {
     metrics::describe_counter!(DELIVERIES, "Alert webhook delivery attempts, by result");
     metrics::describe_gauge!(TRUSTED_ONLY, "1 while global trusted-only mode is in force");
     metrics::describe_counter!(RESPONSES, "Answers sent, by rcode");
+    metrics::describe_counter!(
+        STALE_ANSWERS,
+        "Answers served stale because refreshing them failed (RFC 8767)"
+    );
+    metrics::describe_counter!(PREFETCHES, "Cache entries refreshed before they expired");
     metrics::describe_histogram!(
         RESPONSE_SECONDS,
         metrics::Unit::Seconds,
@@ -239,6 +248,8 @@ pub fn register_zero(backend: &'static str) {
         ALERTS_OVERDUE,
         REVOCATIONS,
         ADMIN_FORBIDDEN,
+        STALE_ANSWERS,
+        PREFETCHES,
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -681,6 +681,19 @@ pub struct CacheConfig {
     /// Seconds a SERVFAIL is remembered, to protect upstreams from retry storms. Default: 5.
     #[serde(default = "default_servfail_ttl")]
     pub servfail_ttl: u32,
+    /// Serve-stale (RFC 8767): when refreshing an expired answer fails, the expired answer is
+    /// served (TTL 30, EDE 3) for at most this many seconds after it expired. Default: 86,400
+    /// (one day); 0 disables.
+    #[serde(default = "default_serve_stale")]
+    pub serve_stale_secs: u32,
+    /// Refresh an answer in the background when it is asked for in the last tenth of its TTL,
+    /// so that popular names never make a subscriber wait for the upstream. Default: true.
+    #[serde(default = "default_true")]
+    pub prefetch: bool,
+}
+
+fn default_serve_stale() -> u32 {
+    86_400
 }
 
 /// `policy:` — where policy comes from.
@@ -1073,6 +1086,8 @@ impl Default for CacheConfig {
             max_ttl: default_max_ttl(),
             negative_max_ttl: default_negative_ttl(),
             servfail_ttl: default_servfail_ttl(),
+            serve_stale_secs: default_serve_stale(),
+            prefetch: true,
         }
     }
 }

@@ -520,6 +520,15 @@ impl Pipeline {
             {
                 return step;
             }
+            if self.resolver.prefetches()
+                && hit.wants_prefetch(now.instant)
+                && let Ok(name) = Name::from_labels(q.labels())
+            {
+                Resolver::prefetch(&self.resolver, &key, &name, qtype);
+            }
+            if o.ede.is_none() {
+                o.ede = hit.ede().map(|(c, t)| (c, std::borrow::Cow::Borrowed(t)));
+            }
             hit.reply(out, &q, now.instant).finish(&q, limit, &o);
             return Step::Answered;
         }
@@ -751,6 +760,9 @@ impl Pipeline {
                             }
                             None => {}
                         }
+                    }
+                    if opt.ede.is_none() {
+                        opt.ede = a.ede().map(|(c, t)| (c, std::borrow::Cow::Borrowed(t)));
                     }
                     a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
                 }

@@ -16,7 +16,7 @@
 //! random (as Redis does): close to LRU at a fraction of its bookkeeping.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -103,7 +103,16 @@ pub struct CachedAnswer {
     /// The names a CNAME chain in the answer leads to (lowercase, no trailing dot): threat
     /// feeds are applied to them too.
     chain: Box<[Box<str>]>,
+    /// Extended DNS Error of the reply (a SERVFAIL's cause, a stale answer).
+    ede: Option<(u16, &'static str)>,
+    /// For a stale copy: when the data itself expired (serve-stale is bounded from there).
+    data_expired: Option<Instant>,
+    /// A background refresh was started (prefetch), so hits do not start another.
+    prefetched: std::sync::atomic::AtomicBool,
 }
+
+/// TTL of answers served stale (RFC 8767 recommends 30 s).
+pub const STALE_TTL: u32 = 30;
 
 /// TTLs of 2^31 seconds and above are read as 0 (RFC 2181 §8).
 fn sane_ttl(ttl: u32) -> u32 {
@@ -147,7 +156,56 @@ impl CachedAnswer {
             stored: Instant::now(),
             ttl,
             chain,
+            ede: None,
+            data_expired: None,
+            prefetched: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The same reply with an Extended DNS Error.
+    pub fn with_ede(mut self, ede: Option<(u16, &'static str)>) -> Self {
+        self.ede = ede;
+        self
+    }
+
+    /// The Extended DNS Error the reply carries, if any.
+    pub fn ede(&self) -> Option<(u16, &'static str)> {
+        self.ede
+    }
+
+    /// When the data expired (a stale copy remembers its original's).
+    fn expired_at(&self) -> Instant {
+        self.data_expired
+            .unwrap_or(self.stored + Duration::from_secs(u64::from(self.ttl)))
+    }
+
+    /// The same data served stale: every TTL 30 s from `now`, EDE 3 (Stale Answer).
+    pub fn stale_copy(&self, now: Instant) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            ttls: self.ttls.iter().map(|(at, _)| (*at, STALE_TTL)).collect(),
+            stored: now,
+            ttl: STALE_TTL,
+            chain: self.chain.clone(),
+            ede: Some((
+                3,
+                "cleanpipe: stale answer, the authoritative servers did not answer",
+            )),
+            data_expired: Some(self.expired_at()),
+            prefetched: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// True (once) when a hit in the last tenth of the TTL should refresh the entry in the
+    /// background. Short-lived answers (under 10 s) and stale copies are never prefetched.
+    pub fn wants_prefetch(&self, now: Instant) -> bool {
+        self.ttl >= 10
+            && self.data_expired.is_none()
+            && self.rcode() != 2
+            && u64::from(self.age(now)) * 10 >= u64::from(self.ttl) * 9
+            && !self
+                .prefetched
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A SERVFAIL reply for `name`/`qtype`.
@@ -296,6 +354,8 @@ pub struct AnswerCache {
     max_ttl: u32,
     negative_max_ttl: u32,
     servfail_ttl: u32,
+    /// How long after expiry an answer may still be served stale.
+    stale: Duration,
 }
 
 impl AnswerCache {
@@ -321,6 +381,7 @@ impl AnswerCache {
             max_ttl: c.max_ttl,
             negative_max_ttl: c.negative_max_ttl,
             servfail_ttl: c.servfail_ttl,
+            stale: Duration::from_secs(u64::from(c.serve_stale_secs)),
         }
     }
 
@@ -334,7 +395,8 @@ impl AnswerCache {
         now.saturating_duration_since(self.epoch).as_secs() as u32
     }
 
-    /// The fresh answer for `key`, if any (an expired one is dropped).
+    /// The fresh answer for `key`, if any. An expired one is dropped, unless it may still be
+    /// served stale.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Arc<CachedAnswer>> {
         if self.per_shard == 0 {
             return None;
@@ -342,11 +404,28 @@ impl AnswerCache {
         let mut s = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let i = s.find(key)?;
         if !s.slots[i].answer.is_fresh(now) {
-            s.remove(i);
+            if !self.may_serve_stale(&s.slots[i].answer, now) {
+                s.remove(i);
+            }
             return None;
         }
         s.slots[i].used = self.tick(now);
         Some(s.slots[i].answer.clone())
+    }
+
+    fn may_serve_stale(&self, a: &CachedAnswer, now: Instant) -> bool {
+        !self.stale.is_zero() && a.rcode() != 2 && now < a.expired_at() + self.stale
+    }
+
+    /// An expired answer that may still be served stale (RFC 8767), if any.
+    pub fn get_stale(&self, key: &Key, now: Instant) -> Option<Arc<CachedAnswer>> {
+        if self.per_shard == 0 || self.stale.is_zero() {
+            return None;
+        }
+        let s = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let i = s.find(key)?;
+        let a = &s.slots[i].answer;
+        (!a.is_fresh(now) && self.may_serve_stale(a, now)).then(|| a.clone())
     }
 
     /// Stores an answer (replacing any for the same key); a full shard evicts first.

@@ -12,6 +12,7 @@
 //! miss: the backend's answer is built into a ready reply once, cached, and served from there.
 
 pub mod cache;
+pub mod client;
 pub mod forward;
 pub mod recursive;
 
@@ -24,7 +25,7 @@ use futures_util::future::{BoxFuture, Shared};
 
 use async_trait::async_trait;
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::config::{Config, ResolverMode};
 use cache::{AnswerCache, CachedAnswer, Key};
@@ -41,16 +42,59 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// An upstream message as an answer: its answer section and the SOA of its authority
-    /// section (what negative caching needs; NS and glue are not passed on).
-    pub fn from_message(rcode: ResponseCode, msg: hickory_proto::op::Message) -> Self {
+    /// A server's response to `qname`/`qtype` as an answer, cleaned: only the records that
+    /// answer the question are kept - the CNAME chain from `qname` (each link once, even when
+    /// the server repeated it) and the records of the asked type at its end - so nothing the
+    /// question did not ask for reaches a client or the cache. A chain that ends in NXDOMAIN or
+    /// NODATA keeps its CNAMEs (RFC 6604). The authority section keeps the SOA only (negative
+    /// caching needs it; NS and glue are not passed on).
+    pub fn from_response(qname: &Name, qtype: RecordType, msg: hickory_proto::op::Message) -> Self {
+        let rcode = match msg.metadata.response_code {
+            ResponseCode::NXDomain => ResponseCode::NXDomain,
+            _ => ResponseCode::NoError,
+        };
+        let mut answers: Vec<Record> = Vec::new();
+        let mut current = qname.clone();
+        let mut seen: Vec<Name> = vec![current.clone()];
+        let push = |answers: &mut Vec<Record>, r: &Record| {
+            if !answers.iter().any(|a| a == r) {
+                answers.push(r.clone());
+            }
+        };
+        for _ in 0..16 {
+            let at = |r: &&Record| r.name.eq_ignore_root(&current);
+            let wanted: Vec<&Record> = msg
+                .answers
+                .iter()
+                .filter(at)
+                .filter(|r| r.record_type() == qtype || qtype == RecordType::ANY)
+                .collect();
+            if !wanted.is_empty() {
+                for r in wanted {
+                    push(&mut answers, r);
+                }
+                break;
+            }
+            let cname = msg.answers.iter().filter(at).find_map(|r| match &r.data {
+                RData::CNAME(t) if qtype != RecordType::CNAME => Some((r, t.0.clone())),
+                _ => None,
+            });
+            let Some((r, target)) = cname else { break };
+            push(&mut answers, r);
+            if seen.iter().any(|s| s.eq_ignore_root(&target)) {
+                break; // a CNAME loop: the chain ends here
+            }
+            seen.push(target.clone());
+            current = target;
+        }
         Self {
             rcode,
-            answers: msg.answers,
+            answers,
             authorities: msg
                 .authorities
                 .into_iter()
                 .filter(|r| r.record_type() == RecordType::SOA)
+                .take(1)
                 .collect(),
         }
     }
@@ -65,6 +109,28 @@ impl Answer {
     }
 }
 
+/// What kind of failure a resolution ended in, for the Extended DNS Error of the SERVFAIL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No server of the zone answered (EDE 22, No Reachable Authority).
+    Unreachable,
+    /// Sending or receiving failed (EDE 23, Network Error).
+    Network,
+    /// Anything else (lame servers, refusals, loops): no EDE.
+    Other,
+}
+
+impl Failure {
+    /// The Extended DNS Error info code and text of the SERVFAIL.
+    pub fn ede(self) -> Option<(u16, &'static str)> {
+        match self {
+            Failure::Unreachable => Some((22, "cleanpipe: no authoritative server answered")),
+            Failure::Network => Some((23, "cleanpipe: network error reaching the servers")),
+            Failure::Other => None,
+        }
+    }
+}
+
 /// Why a backend could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -75,6 +141,8 @@ pub enum ResolveError {
         name: String,
         /// Type asked.
         qtype: RecordType,
+        /// What kind of failure.
+        failure: Failure,
         /// What happened.
         message: String,
     },
@@ -98,6 +166,8 @@ pub struct Resolver {
     cache: Arc<AnswerCache>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
+    /// `cache.prefetch`.
+    prefetch: bool,
     /// Questions on their way upstream, by cache key: joined, not asked twice.
     inflight: Arc<Mutex<HashMap<Box<[u8]>, Fetch>>>,
 }
@@ -135,8 +205,14 @@ impl Resolver {
             cache: Arc::new(cache),
             runtime,
             timeout: Duration::from_secs(config.resolver.resolution_timeout_secs.max(1)),
+            prefetch: config.cache.prefetch,
             inflight: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// True when popular entries are refreshed before they expire (`cache.prefetch`).
+    pub fn prefetches(&self) -> bool {
+        self.prefetch
     }
 
     /// The backend kind.
@@ -228,6 +304,7 @@ impl Resolver {
                     Err(ResolveError::Failed {
                         name: asked.to_string(),
                         qtype,
+                        failure: Failure::Unreachable,
                         message: format!("no answer within {} s", timeout.as_secs()),
                     })
                 }
@@ -236,17 +313,28 @@ impl Resolver {
                 .record(started.elapsed().as_secs_f64());
             r
         });
-        let answer = match task.await {
-            Ok(Ok(answer)) => answer,
+        let (answer, ede) = match task.await {
+            Ok(Ok(answer)) => (answer, None),
             Ok(Err(e)) => {
                 metrics::counter!(crate::metrics::UPSTREAM_FAILURES, "backend" => kind)
                     .increment(1);
                 tracing::debug!(error = %e, "resolution failed");
-                Answer::servfail()
+                // Serve-stale (RFC 8767): the expired answer, rather than a failure.
+                if let Some(old) = cache.get_stale(&key, Instant::now()) {
+                    metrics::counter!(crate::metrics::STALE_ANSWERS).increment(1);
+                    let a = Arc::new(old.stale_copy(Instant::now()));
+                    cache.insert(&key, a.clone());
+                    return Some(a);
+                }
+                let ede = match &e {
+                    ResolveError::Failed { failure, .. } => failure.ede(),
+                    ResolveError::Setup(_) => None,
+                };
+                (Answer::servfail(), ede)
             }
             Err(e) => {
                 tracing::error!(error = %e, "resolution task failed");
-                Answer::servfail()
+                (Answer::servfail(), None)
             }
         };
         let ttl = cache.ttl_for(&answer);
@@ -254,9 +342,19 @@ impl Resolver {
             tracing::debug!(name = %fqdn, %qtype, "answer could not be encoded");
             CachedAnswer::servfail(&fqdn, qtype, cache.servfail_ttl())
         });
-        let a = Arc::new(built?);
+        let a = Arc::new(built?.with_ede(ede));
         cache.insert(&key, a.clone());
         Some(a)
+    }
+
+    /// Refreshes an entry in the background (prefetch): the cached answer keeps serving until
+    /// the new one replaces it.
+    pub fn prefetch(self: &Arc<Self>, key: &Key, name: &Name, qtype: RecordType) {
+        metrics::counter!(crate::metrics::PREFETCHES).increment(1);
+        let (me, key, name) = (self.clone(), *key, name.clone());
+        self.runtime.spawn(async move {
+            let _ = me.fetch(&key, &name, qtype).await;
+        });
     }
 
     /// The records for a question, from the cache or resolved: for answers cleanpipe composes

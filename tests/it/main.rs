@@ -13,6 +13,7 @@ mod page;
 mod policy;
 mod querylog;
 mod recursion;
+mod resolution;
 mod tcp;
 mod tls;
 mod trusted;

@@ -53,12 +53,17 @@ pub enum Behaviour {
 /// Counts of questions received, by (lowercase name, type); TCP ones also under `tcp:name`.
 pub type Counter = Arc<Mutex<HashMap<(String, RecordType), usize>>>;
 
+/// A scripted server: the response to a query (`true` when it came over UDP); `None` sends
+/// nothing. For the conformance tests' odd authoritative servers.
+pub type Script = Arc<dyn Fn(&Message, bool) -> Option<Message> + Send + Sync>;
+
 /// A running test server.
 pub struct AuthServer {
     /// Its address (port 53).
     pub addr: IpAddr,
     /// Questions it received.
     pub counter: Counter,
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AuthServer {
@@ -75,6 +80,11 @@ impl AuthServer {
             .unwrap_or(0)
     }
 
+    /// Stops answering (a server that went away; it still counts questions).
+    pub fn go_silent(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// How many times `name`/`qtype` was asked.
     pub fn count(&self, name: &str, qtype: RecordType) -> usize {
         let key = (name.trim_end_matches('.').to_ascii_lowercase(), qtype);
@@ -89,6 +99,8 @@ struct Data {
     zones: Vec<Zone>,
     behaviour: Behaviour,
     counter: Counter,
+    script: Option<Script>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts a server on `addr:port` (UDP and TCP) on the current tokio runtime.
@@ -98,14 +110,43 @@ pub async fn start(
     zones: Vec<Zone>,
     behaviour: Behaviour,
 ) -> std::io::Result<AuthServer> {
+    start_with(addr, port, zones, behaviour, None).await
+}
+
+/// Starts a scripted server on `addr:port`.
+pub async fn start_scripted(
+    addr: IpAddr,
+    port: u16,
+    script: Script,
+) -> std::io::Result<AuthServer> {
+    start_with(
+        addr,
+        port,
+        Vec::new(),
+        Behaviour::Authoritative,
+        Some(script),
+    )
+    .await
+}
+
+async fn start_with(
+    addr: IpAddr,
+    port: u16,
+    zones: Vec<Zone>,
+    behaviour: Behaviour,
+    script: Option<Script>,
+) -> std::io::Result<AuthServer> {
     let sa = SocketAddr::new(addr, port);
     let udp = tokio::net::UdpSocket::bind(sa).await?;
     let tcp = tokio::net::TcpListener::bind(sa).await?;
     let counter: Counter = Arc::default();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let data = Arc::new(Data {
         zones,
         behaviour,
         counter: counter.clone(),
+        script,
+        silent: silent.clone(),
     });
     let d = data.clone();
     let udp = Arc::new(udp);
@@ -157,7 +198,11 @@ pub async fn start(
             });
         }
     });
-    Ok(AuthServer { addr, counter })
+    Ok(AuthServer {
+        addr,
+        counter,
+        silent,
+    })
 }
 
 fn respond(d: &Data, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
@@ -174,6 +219,18 @@ fn respond(d: &Data, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
                 .or_default() += 1;
         }
         *c.entry((name, q.query_type())).or_default() += 1;
+    }
+    if d.silent.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    if let Some(script) = &d.script {
+        let mut resp = script(&req, udp)?;
+        resp.metadata.id = req.metadata.id;
+        resp.metadata.message_type = MessageType::Response;
+        if resp.queries.is_empty() {
+            resp.add_query(q.clone());
+        }
+        return resp.to_vec().ok();
     }
     let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
     resp.metadata.message_type = MessageType::Response;

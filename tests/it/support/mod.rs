@@ -58,7 +58,13 @@ beta 3600 IN NS ns.beta-dns.test.\n\
 lame 3600 IN NS ns.lame\n\
 ns.lame 3600 IN A 127.53.2.9\n\
 dead 3600 IN NS ns.dead\n\
-ns.dead 3600 IN A 127.53.2.10\n"
+ns.dead 3600 IN A 127.53.2.10\n\
+halflame 3600 IN NS ns1.halflame\n\
+halflame 3600 IN NS ns2.halflame\n\
+ns1.halflame 3600 IN A 127.53.2.11\n\
+ns2.halflame 3600 IN A 127.53.2.12\n\
+odd 3600 IN NS ns.odd\n\
+ns.odd 3600 IN A 127.53.3.1\n"
                 ),
             )],
             Behaviour::Authoritative,
@@ -95,7 +101,149 @@ www 300 IN AAAA 2001:db8::20\n"
             Behaviour::Authoritative,
         ),
         (ip("127.53.2.9"), vec![], Behaviour::Lame),
+        // 127.53.2.11, the other server of halflame.example, is dead: nothing listens there.
+        (
+            ip("127.53.2.12"),
+            vec![Zone::parse(
+                "halflame.example.",
+                &format!(
+                    "{SOA}\
+@ 3600 IN NS ns1\n\
+@ 3600 IN NS ns2\n\
+ns1 3600 IN A 127.53.2.11\n\
+ns2 3600 IN A 127.53.2.12\n\
+{}",
+                    (0..40)
+                        .map(|i| format!("w{i} 300 IN A 192.0.2.{}\n", 100 + i))
+                        .collect::<String>()
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
+        (
+            ip("127.53.3.2"),
+            vec![Zone::parse(
+                "ref.odd.example.",
+                &format!(
+                    "{SOA}@ 3600 IN NS ns.ref\nns.ref 3600 IN A 127.53.3.2\nwww 300 IN A 192.0.2.70\n"
+                ),
+            )],
+            Behaviour::Authoritative,
+        ),
     ]
+}
+
+/// The authoritative server of `odd.example.` (127.53.3.1): answers that are legal but unusual,
+/// or broken, as real servers send them. Names:
+/// - `nosoa`: NXDOMAIN without an SOA record;
+/// - `cnx`: a CNAME to a name that does not exist (NXDOMAIN with the CNAME);
+/// - `cnodata`: a CNAME to a name without records of the type (NODATA with the CNAME);
+/// - `dup`: the same CNAME twice, then the address;
+/// - `wrongtype`: an A record beside the AAAA asked for, and a record of another name;
+/// - `tc`: truncated over UDP, the answer over TCP only;
+/// - `www.ref`: a referral to `ref.odd.example.` (127.53.3.2) in place of an answer.
+pub fn odd_server() -> auth::Script {
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA as Soa, TXT};
+    use hickory_proto::rr::{RData, Record};
+    use std::sync::Arc;
+    Arc::new(|req: &Message, udp: bool| {
+        let q = req.queries.first()?.clone();
+        let name = q.name().to_ascii().to_ascii_lowercase();
+        let n = |s: &str| Name::from_ascii(s).expect("name");
+        let soa = Record::from_rdata(
+            n("odd.example."),
+            300,
+            RData::SOA(Soa::new(
+                n("ns.odd.example."),
+                n("h.odd.example."),
+                1,
+                3600,
+                600,
+                86400,
+                300,
+            )),
+        );
+        let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+        m.add_query(q.clone());
+        m.metadata.authoritative = true;
+        let owner = q.name().clone();
+        match name.as_str() {
+            "nosoa.odd.example." => {
+                m.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain
+            }
+            "cnx.odd.example." => {
+                m.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+                m.add_answer(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::CNAME(CNAME(n("gone.odd.example."))),
+                ));
+                m.add_authority(soa);
+            }
+            "cnodata.odd.example." => {
+                m.add_answer(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::CNAME(CNAME(n("empty.odd.example."))),
+                ));
+                m.add_authority(soa);
+            }
+            "dup.odd.example." => {
+                let c =
+                    Record::from_rdata(owner, 300, RData::CNAME(CNAME(n("target.odd.example."))));
+                m.add_answer(c.clone());
+                m.add_answer(c);
+                m.add_answer(Record::from_rdata(
+                    n("target.odd.example."),
+                    300,
+                    RData::A(A::new(192, 0, 2, 60)),
+                ));
+            }
+            "wrongtype.odd.example." => {
+                m.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    300,
+                    RData::A(A::new(192, 0, 2, 61)),
+                ));
+                m.add_answer(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x61)),
+                ));
+                m.add_answer(Record::from_rdata(
+                    n("victim.beta.example."),
+                    300,
+                    RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66)),
+                ));
+            }
+            "tc.odd.example." if udp => m.metadata.truncation = true,
+            "tc.odd.example." => {
+                m.add_answer(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::TXT(TXT::new(vec!["over tcp".into()])),
+                ));
+            }
+            "www.ref.odd.example." => {
+                m.metadata.authoritative = false;
+                m.add_authority(Record::from_rdata(
+                    n("ref.odd.example."),
+                    3600,
+                    RData::NS(NS(n("ns.ref.odd.example."))),
+                ));
+                m.add_additional(Record::from_rdata(
+                    n("ns.ref.odd.example."),
+                    3600,
+                    RData::A(A::new(127, 53, 3, 2)),
+                ));
+            }
+            _ => {
+                m.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+                m.add_authority(soa);
+            }
+        }
+        Some(m)
+    })
 }
 
 /// The `alpha.example.` zone (also used as a forwarding upstream).
@@ -174,6 +322,11 @@ pub fn internet() -> Option<&'static Internet> {
                 }
             }
         }
+        let odd: IpAddr = "127.53.3.1".parse().map_err(|e| format!("{e}"))?;
+        servers.push(
+            rt.block_on(auth::start_scripted(odd, 53, odd_server()))
+                .map_err(|e| format!("cannot bind {odd}:53 ({e})"))?,
+        );
         let dir = std::env::temp_dir().join(format!("cleanpipe-internet-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let hints = dir.join("root.hints");
