@@ -420,11 +420,21 @@ impl Recursive {
         let mut tried: Vec<IpAddr> = Vec::new();
         let mut ns_done: Vec<Name> = Vec::new();
         let mut lame_reasons: Vec<&'static str> = Vec::new();
+        // Servers of this zone that timed out: asked once more (with a doubled timeout) before
+        // giving up, since one lost packet must not fail a zone with a single server.
+        let mut silent: Vec<IpAddr> = Vec::new();
+        let mut second_round = false;
         ctx.timed_out = false;
         loop {
             let Some(ip) = self.pick(&zone, &tried) else {
                 // No address left: look up a name server of the zone we have not tried yet.
                 if self.more_addresses(ctx, &mut zone, &mut ns_done).await {
+                    continue;
+                }
+                if !second_round && !silent.is_empty() {
+                    second_round = true;
+                    tried.retain(|ip| !silent.contains(ip));
+                    silent.clear();
                     continue;
                 }
                 let now = Instant::now();
@@ -457,9 +467,15 @@ impl Recursive {
             if ctx.queries > MAX_QUERIES {
                 return Err(fail(Failure::Other, "too many queries for one resolution"));
             }
+            let timeouts = self.server(ip).timeouts;
             let reply = match self.ask(ctx, ip, name, qtype).await {
                 Some(msg) => self.classify(&zone, name, qtype, msg),
-                None => continue,
+                None => {
+                    if self.server(ip).timeouts > timeouts {
+                        silent.push(ip);
+                    }
+                    continue;
+                }
             };
             match reply {
                 Reply::Final(msg) => return Ok(msg),
@@ -470,6 +486,8 @@ impl Recursive {
                     tried.clear();
                     ns_done.clear();
                     lame_reasons.clear();
+                    silent.clear();
+                    second_round = false;
                 }
             }
         }

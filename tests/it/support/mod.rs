@@ -141,14 +141,20 @@ ns2 3600 IN A 127.53.2.12\n\
 /// - `dup`: the same CNAME twice, then the address;
 /// - `wrongtype`: an A record beside the AAAA asked for, and a record of another name;
 /// - `tc`: truncated over UDP, the answer over TCP only;
-/// - `www.ref`: a referral to `ref.odd.example.` (127.53.3.2) in place of an answer.
+/// - `www.ref`: a referral to `ref.odd.example.` (127.53.3.2) in place of an answer;
+/// - `lossy`: the first query for it is lost (never answered), later ones get an address.
 pub fn odd_server() -> auth::Script {
     use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA as Soa, TXT};
     use hickory_proto::rr::{RData, Record};
     use std::sync::Arc;
-    Arc::new(|req: &Message, udp: bool| {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lost_one = AtomicBool::new(false);
+    Arc::new(move |req: &Message, udp: bool| {
         let q = req.queries.first()?.clone();
         let name = q.name().to_ascii().to_ascii_lowercase();
+        if name == "lossy.odd.example." && !lost_one.swap(true, Ordering::SeqCst) {
+            return None;
+        }
         let n = |s: &str| Name::from_ascii(s).expect("name");
         let soa = Record::from_rdata(
             n("odd.example."),
@@ -222,6 +228,13 @@ pub fn odd_server() -> auth::Script {
                     owner,
                     300,
                     RData::TXT(TXT::new(vec!["over tcp".into()])),
+                ));
+            }
+            "lossy.odd.example." => {
+                m.add_answer(Record::from_rdata(
+                    owner,
+                    300,
+                    RData::A(A::new(192, 0, 2, 62)),
                 ));
             }
             "www.ref.odd.example." => {
