@@ -877,7 +877,7 @@ impl StateConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// A tracing filter. Default: `info,hickory_server=warn,hickory_resolver=error,hickory_net=error`.
+    /// A tracing filter. Default: `info,hickory_net=error,hickory_proto=error`.
     /// `RUST_LOG` overrides it.
     #[serde(default = "default_log_filter")]
     pub filter: String,
@@ -1038,7 +1038,7 @@ fn default_state_path() -> PathBuf {
     PathBuf::from("cleanpipe-state.sqlite")
 }
 fn default_log_filter() -> String {
-    "info,hickory_server=warn,hickory_resolver=error,hickory_net=error,hickory_proto=error"
+    "info,hickory_net=error,hickory_proto=error"
         .to_owned()
 }
 fn default_log_format() -> String {

@@ -8,6 +8,8 @@
 //!   infrastructure cache). The fastest known server of a zone is asked first; an unknown one
 //!   gets a 376 ms timeout, a known one `srtt + 4·rttvar` (at least 50 ms); a timeout doubles it.
 //!   A server that timed out three times in a row is left out for a minute, then probed again.
+//!   Servers of a zone that timed out are asked once more before the zone is given up (one lost
+//!   packet must not fail a zone with a single server).
 //! - **Delegations** are followed from referrals and cached (zone → name servers and
 //!   addresses) for their NS TTL; glue is used only for name servers inside the zone of the
 //!   server that gave it (in bailiwick). Name servers without usable glue are resolved on the

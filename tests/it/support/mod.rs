@@ -506,7 +506,7 @@ impl Cleanpipe {
             .arg(self.dir.join("cleanpipe.yaml"))
             .env(
                 "RUST_LOG",
-                "info,cleanpipe=debug,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
+                "info,cleanpipe=debug,hickory_net=warn",
             )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
