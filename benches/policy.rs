@@ -311,6 +311,7 @@ fn request_path(c: &mut Criterion) {
             hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
         )],
         authorities: Vec::new(),
+        secure: false,
     };
     let key = Key::from_name(&name, RecordType::A, 0).expect("key");
     let cached = CachedAnswer::build(&name, RecordType::A, &answer, 300).expect("builds");

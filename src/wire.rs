@@ -141,6 +141,17 @@ fn skip_name(b: &[u8], mut at: usize) -> Option<usize> {
 }
 
 impl<'a> Query<'a> {
+    /// The client set CD (checking disabled: it validates itself).
+    pub fn checking_disabled(&self) -> bool {
+        self.wire.get(3).is_some_and(|b| b & 0x10 != 0)
+    }
+
+    /// The client understands AD: it set DO or AD (RFC 6840 §5.8).
+    pub fn wants_ad(&self) -> bool {
+        self.wire.get(3).is_some_and(|b| b & 0x20 != 0)
+            || self.edns.as_ref().is_some_and(|e| e.dnssec_ok)
+    }
+
     /// Reads a request. `Err` says how to refuse it.
     pub fn parse(wire: &'a [u8]) -> Result<Self, Malformed> {
         if wire.len() < HEADER || wire[2] & 0x80 != 0 {

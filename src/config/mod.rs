@@ -649,6 +649,39 @@ pub struct ResolverConfig {
     /// false (they are refused, as a protection against rebinding); set true for a private root.
     #[serde(default)]
     pub allow_private_servers: bool,
+    /// DNSSEC validation in recursive mode.
+    #[serde(default)]
+    pub dnssec: DnssecConfig,
+}
+
+/// `resolver.dnssec:` — DNSSEC validation (recursive mode).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnssecConfig {
+    /// Validate answers: AD on validated answers for clients that set DO or AD, SERVFAIL with
+    /// EDE 6 (DNSSEC Bogus) on bogus data, unless the client sets CD. Default: true.
+    #[serde(default = "default_true")]
+    pub validate: bool,
+    /// File of DNSKEY records trusted for the root (zone-file lines, `;` comments). Default:
+    /// the IANA root keys (KSK-2017 and KSK-2024, shipped as `zones/root.key`). With private
+    /// `root_hints` and no trust anchor, validation is off (a private root is not signed by the
+    /// IANA keys).
+    #[serde(default)]
+    pub trust_anchor: Option<PathBuf>,
+    /// Domains whose DNSSEC is known to be broken: answers at or below them are not validated
+    /// (negative trust anchors, RFC 7646). Remove each once the domain is fixed.
+    #[serde(default)]
+    pub negative_trust_anchors: Vec<String>,
+}
+
+impl Default for DnssecConfig {
+    fn default() -> Self {
+        Self {
+            validate: true,
+            trust_anchor: None,
+            negative_trust_anchors: Vec::new(),
+        }
+    }
 }
 
 /// One upstream resolver for forward mode.
@@ -1038,8 +1071,7 @@ fn default_state_path() -> PathBuf {
     PathBuf::from("cleanpipe-state.sqlite")
 }
 fn default_log_filter() -> String {
-    "info,hickory_net=error,hickory_proto=error"
-        .to_owned()
+    "info,hickory_net=error,hickory_proto=error".to_owned()
 }
 fn default_log_format() -> String {
     "text".to_owned()
@@ -1075,6 +1107,7 @@ impl Default for ResolverConfig {
             query_timeout_secs: default_query_timeout(),
             resolution_timeout_secs: default_resolution_timeout(),
             allow_private_servers: false,
+            dnssec: DnssecConfig::default(),
         }
     }
 }
@@ -1184,6 +1217,9 @@ impl Config {
             }
         };
         if let Some(p) = self.resolver.root_hints.as_mut() {
+            join(p);
+        }
+        if let Some(p) = self.resolver.dnssec.trust_anchor.as_mut() {
             join(p);
         }
         if let Some(p) = self.policy.dir.as_mut() {

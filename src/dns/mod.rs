@@ -508,7 +508,12 @@ impl Pipeline {
 
         // Resolve: the one cache probe. A cached answer whose CNAME chain leads to a name a
         // threat feed lists is answered as if that name had been asked.
-        let Some(key) = Key::from_wire(q.qname(), q.qtype, 0) else {
+        let flags = if q.checking_disabled() && self.resolver.validates() {
+            crate::resolve::cache::FLAG_CD
+        } else {
+            0
+        };
+        let Some(key) = Key::from_wire(q.qname(), q.qtype, flags) else {
             return answer_rcode(&q, limit, rcode::FORMERR, &o, out);
         };
         if let Some(hit) = self.resolver.cache().get(&key, now.instant) {
@@ -529,7 +534,9 @@ impl Pipeline {
             if o.ede.is_none() {
                 o.ede = hit.ede().map(|(c, t)| (c, std::borrow::Cow::Borrowed(t)));
             }
-            hit.reply(out, &q, now.instant).finish(&q, limit, &o);
+            let mut r = hit.reply(out, &q, now.instant);
+            r.set_authentic(hit.secure() && q.wants_ad());
+            r.finish(&q, limit, &o);
             return Step::Answered;
         }
         drop(current);
@@ -764,7 +771,9 @@ impl Pipeline {
                     if opt.ede.is_none() {
                         opt.ede = a.ede().map(|(c, t)| (c, std::borrow::Cow::Borrowed(t)));
                     }
-                    a.reply(out, &q, Instant::now()).finish(&q, limit, &opt);
+                    let mut r = a.reply(out, &q, Instant::now());
+                    r.set_authentic(a.secure() && q.wants_ad());
+                    r.finish(&q, limit, &opt);
                 }
                 Ok(None) => {
                     Response::new(out, &q, rcode::SERVFAIL).finish(&q, limit, &opt);

@@ -28,6 +28,9 @@ use crate::wire;
 /// The longest key: a 255-byte wire name, the type and a flags byte.
 const KEY_MAX: usize = 255 + 3;
 
+/// Key flag: the client set CD and validation is on (answers resolved without validation).
+pub const FLAG_CD: u8 = 0x01;
+
 /// A cache key: the lowercased question name in wire form, the type and flags, on the stack.
 #[derive(Clone, Copy)]
 pub struct Key {
@@ -83,6 +86,11 @@ impl Key {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// The client set CD (checking disabled) and the answer is kept apart from validated ones.
+    pub fn checking_disabled(&self) -> bool {
+        self.len > 0 && self.bytes[usize::from(self.len) - 1] & FLAG_CD != 0
+    }
+
     /// The key's bytes (lowercase wire name, type, flags).
     pub fn bytes(&self) -> &[u8] {
         self.as_bytes()
@@ -109,6 +117,8 @@ pub struct CachedAnswer {
     data_expired: Option<Instant>,
     /// A background refresh was started (prefetch), so hits do not start another.
     prefetched: std::sync::atomic::AtomicBool,
+    /// Validated by DNSSEC: AD is set for clients that ask with DO or AD.
+    secure: bool,
 }
 
 /// TTL of answers served stale (RFC 8767 recommends 30 s).
@@ -159,6 +169,7 @@ impl CachedAnswer {
             ede: None,
             data_expired: None,
             prefetched: std::sync::atomic::AtomicBool::new(false),
+            secure: answer.secure,
         })
     }
 
@@ -193,6 +204,8 @@ impl CachedAnswer {
             )),
             data_expired: Some(self.expired_at()),
             prefetched: std::sync::atomic::AtomicBool::new(true),
+            // Its signatures may have expired with it: served, never as validated.
+            secure: false,
         }
     }
 
@@ -235,6 +248,11 @@ impl CachedAnswer {
         &self.chain
     }
 
+    /// True when the data was validated by DNSSEC.
+    pub fn secure(&self) -> bool {
+        self.secure
+    }
+
     /// The RCODE of the reply.
     pub fn rcode(&self) -> u16 {
         u16::from(self.bytes.get(3).map_or(2, |b| b & 0x0f))
@@ -273,6 +291,7 @@ impl CachedAnswer {
             rcode: m.metadata.response_code,
             answers: m.answers.into_iter().map(aged).collect(),
             authorities: m.authorities.into_iter().map(aged).collect(),
+            secure: self.secure,
         })
     }
 
@@ -505,6 +524,7 @@ impl AnswerCache {
             rcode: answer.rcode,
             answers: answer.answers.iter().map(clamp).collect(),
             authorities: answer.authorities.iter().map(clamp).collect(),
+            secure: answer.secure,
         };
         CachedAnswer::build(name, qtype, &clamped, ttl)
     }
@@ -580,6 +600,7 @@ mod tests {
                 Record::from_rdata(name("cdn.example.net."), 60, RData::A(A::new(192, 0, 2, 2))),
             ],
             authorities: Vec::new(),
+            secure: false,
         };
         put(&c, "www.example.org.", RecordType::A, &chain);
         let now = Instant::now();
@@ -618,6 +639,7 @@ mod tests {
                 3600,
                 RData::SOA(soa),
             )],
+            secure: false,
         };
         put(&c, "nope.example.org.", RecordType::A, &nx);
         let hit = c
@@ -635,6 +657,7 @@ mod tests {
                 RData::A(A::new(192, 0, 2, 9)),
             )],
             authorities: Vec::new(),
+            secure: false,
         };
         assert_eq!(c.ttl_for(&huge), 0, "RFC 2181: 2^31 and above mean 0");
     }
@@ -649,6 +672,7 @@ mod tests {
                 Record::from_rdata(name("a.example."), 1 << 31, RData::A(A::new(192, 0, 2, 2))),
             ],
             authorities: Vec::new(),
+            secure: false,
         };
         let e = c
             .build(&name("a.example."), RecordType::A, &a, 60)
@@ -675,6 +699,7 @@ mod tests {
                 RData::A(A::from(std::net::Ipv4Addr::from(i))),
             )],
             authorities: Vec::new(),
+            secure: false,
         };
         for i in 0..10_000 {
             put(&c, &format!("n{i}.example."), RecordType::A, &a(i));

@@ -140,6 +140,8 @@ pub struct Ask<'a> {
     pub caps: bool,
     /// How long to wait.
     pub timeout: Duration,
+    /// Set the DO bit (ask for signatures and denial proofs: validation is on).
+    pub dnssec: bool,
 }
 
 /// The pool of UDP sockets (opened on first use, on the runtime that resolves).
@@ -237,7 +239,7 @@ impl Client {
             );
             id
         };
-        let bytes = query_bytes(id, &asked, a.qtype, a.rd)
+        let bytes = query_bytes(id, &asked, a.qtype, a.rd, a.dnssec)
             .map_err(|message| ExchangeError::Format { server, message })?;
         if let Err(e) = sock.socket.send_to(&bytes, server).await {
             sock.waiting.lock().await.remove(&id);
@@ -266,7 +268,7 @@ impl Client {
         let id: u16 = rand::random();
         let format = |message: String| ExchangeError::Format { server, message };
         let io = |source| ExchangeError::Io { server, source };
-        let bytes = query_bytes(id, a.name, a.qtype, a.rd).map_err(format)?;
+        let bytes = query_bytes(id, a.name, a.qtype, a.rd, a.dnssec).map_err(format)?;
         let exchange = async {
             let mut s = TcpStream::connect(server).await.map_err(io)?;
             let len = u16::try_from(bytes.len()).map_err(|_| format("query too long".into()))?;
@@ -333,13 +335,20 @@ async fn read_loop(sock: Arc<Sock>) {
     }
 }
 
-fn query_bytes(id: u16, name: &Name, qtype: RecordType, rd: bool) -> Result<Vec<u8>, String> {
+fn query_bytes(
+    id: u16,
+    name: &Name,
+    qtype: RecordType,
+    rd: bool,
+    dnssec: bool,
+) -> Result<Vec<u8>, String> {
     let mut m = Message::query();
     m.metadata.id = id;
     m.metadata.recursion_desired = rd;
     m.add_query(Query::query(name.clone(), qtype));
     let mut edns = Edns::new();
     edns.set_max_payload(crate::wire::MAX_UDP_PAYLOAD);
+    edns.set_dnssec_ok(dnssec);
     m.set_edns(edns);
     m.to_vec().map_err(|e| e.to_string())
 }

@@ -98,13 +98,19 @@ impl Forward {
             rd: true,
             caps,
             timeout: self.timeout,
+            dnssec: false,
         }
     }
 }
 
 #[async_trait]
 impl Backend for Forward {
-    async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError> {
+    async fn resolve(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        _checking_disabled: bool,
+    ) -> Result<Answer, ResolveError> {
         let mut last: Option<ExchangeError> = None;
         for _ in 0..2 {
             for &upstream in &self.upstreams {

@@ -1,6 +1,7 @@
 //! Resolution backends behind one trait, and the answer cache in front of them.
 //!
-//! - [`recursive`]: iterative resolution from root hints (hickory's recursor).
+//! - [`recursive`]: iterative resolution from root hints (cleanpipe's own resolver), with
+//!   DNSSEC validation ([`dnssec`]).
 //! - [`forward`]: forwarding to configured upstream resolvers.
 //! - [`cache`]: TTL-honouring, size-bounded answer cache shared by both.
 //!
@@ -13,6 +14,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod dnssec;
 pub mod forward;
 pub mod recursive;
 
@@ -39,6 +41,9 @@ pub struct Answer {
     pub answers: Vec<Record>,
     /// Authority section (the SOA of negative answers).
     pub authorities: Vec<Record>,
+    /// Validated by DNSSEC (every part of it, from the trust anchor down): clients that set DO
+    /// or AD get AD=1.
+    pub secure: bool,
 }
 
 impl Answer {
@@ -96,6 +101,7 @@ impl Answer {
                 .filter(|r| r.record_type() == RecordType::SOA)
                 .take(1)
                 .collect(),
+            secure: false,
         }
     }
 
@@ -105,6 +111,7 @@ impl Answer {
             rcode: ResponseCode::ServFail,
             answers: Vec::new(),
             authorities: Vec::new(),
+            secure: false,
         }
     }
 }
@@ -116,6 +123,8 @@ pub enum Failure {
     Unreachable,
     /// Sending or receiving failed (EDE 23, Network Error).
     Network,
+    /// DNSSEC validation failed (EDE 6, DNSSEC Bogus).
+    Bogus,
     /// Anything else (lame servers, refusals, loops): no EDE.
     Other,
 }
@@ -126,6 +135,7 @@ impl Failure {
         match self {
             Failure::Unreachable => Some((22, "cleanpipe: no authoritative server answered")),
             Failure::Network => Some((23, "cleanpipe: network error reaching the servers")),
+            Failure::Bogus => Some((6, "cleanpipe: DNSSEC validation failed")),
             Failure::Other => None,
         }
     }
@@ -155,9 +165,20 @@ pub enum ResolveError {
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Resolves one question. `name` is fully qualified.
-    async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError>;
+    /// Resolves one question. `name` is fully qualified; `checking_disabled` (the client's CD
+    /// bit) skips DNSSEC validation.
+    async fn resolve(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        checking_disabled: bool,
+    ) -> Result<Answer, ResolveError>;
     /// A label for logs and metrics (`recursive`, `forward`).
     fn kind(&self) -> &'static str;
+    /// True when answers are DNSSEC-validated (CD then makes a difference).
+    fn validates(&self) -> bool {
+        false
+    }
 }
 
 /// The configured backend with the answer cache in front of it.
@@ -168,6 +189,8 @@ pub struct Resolver {
     timeout: Duration,
     /// `cache.prefetch`.
     prefetch: bool,
+    /// The backend validates DNSSEC.
+    validates: bool,
     /// Questions on their way upstream, by cache key: joined, not asked twice.
     inflight: Arc<Mutex<HashMap<Box<[u8]>, Fetch>>>,
 }
@@ -182,7 +205,9 @@ impl Resolver {
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, ResolveError> {
         let backend: Arc<dyn Backend> = match config.resolver.mode {
-            ResolverMode::Recursive => Arc::new(recursive::Recursive::new(&config.resolver)?),
+            ResolverMode::Recursive => {
+                Arc::new(recursive::RecursiveBackend::new(&config.resolver)?)
+            }
             ResolverMode::Forward => Arc::new(forward::Forward::new(&config.resolver)?),
         };
         Ok(Self::new(
@@ -201,6 +226,7 @@ impl Resolver {
         config: &Config,
     ) -> Self {
         Self {
+            validates: backend.validates(),
             backend,
             cache: Arc::new(cache),
             runtime,
@@ -213,6 +239,12 @@ impl Resolver {
     /// True when popular entries are refreshed before they expire (`cache.prefetch`).
     pub fn prefetches(&self) -> bool {
         self.prefetch
+    }
+
+    /// True when answers are DNSSEC-validated (a client's CD bit then selects unvalidated
+    /// answers, cached apart).
+    pub fn validates(&self) -> bool {
+        self.validates
     }
 
     /// The backend kind.
@@ -296,7 +328,8 @@ impl Resolver {
         let asked = fqdn.clone();
         let task = runtime.spawn(async move {
             let started = Instant::now();
-            let r = match tokio::time::timeout(timeout, backend.resolve(&asked, qtype)).await {
+            let cd = key.checking_disabled();
+            let r = match tokio::time::timeout(timeout, backend.resolve(&asked, qtype, cd)).await {
                 Ok(r) => r,
                 Err(_) => {
                     metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "backend" => kind, "kind" => "timeout")

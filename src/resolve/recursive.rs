@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,6 +37,7 @@ use hickory_proto::serialize::txt::Parser;
 use ipnet::IpNet;
 
 use super::client::{Ask, Client, ExchangeError};
+use super::dnssec::{self, Validator, Verdict};
 use super::{Answer, Backend, Failure, ResolveError};
 use crate::config::ResolverConfig;
 
@@ -120,6 +121,18 @@ struct Ctx {
     network_error: bool,
 }
 
+impl Ctx {
+    fn new() -> Self {
+        Self {
+            queries: 0,
+            depth: 0,
+            resolving: Vec::new(),
+            timed_out: false,
+            network_error: false,
+        }
+    }
+}
+
 /// Why a step of the resolution failed.
 #[derive(Debug)]
 struct Fail {
@@ -143,6 +156,34 @@ pub struct Recursive {
     infra: Mutex<HashMap<IpAddr, Server>>,
     delegations: Mutex<HashMap<Name, Delegation>>,
     addresses: Mutex<HashMap<Name, (Vec<IpAddr>, Instant)>>,
+    /// Ask with DO (validation is on): signatures, DS and denial proofs come with the data.
+    dnssec: bool,
+}
+
+/// The recursive backend: the resolver and, when DNSSEC validation is on, its validator.
+pub struct RecursiveBackend {
+    core: Arc<Recursive>,
+    validator: Option<Validator>,
+}
+
+impl RecursiveBackend {
+    /// Builds the resolver and validator from configuration.
+    pub fn new(c: &ResolverConfig) -> Result<Self, ResolveError> {
+        let validating = dnssec::enabled(c);
+        let core = Arc::new(Recursive::new(c, validating)?);
+        let validator = if validating {
+            Some(Validator::new(core.clone(), &c.dnssec).map_err(ResolveError::Setup)?)
+        } else {
+            if c.dnssec.validate {
+                tracing::warn!(
+                    "DNSSEC validation is off: resolver.root_hints names a private root and \
+                     resolver.dnssec.trust_anchor gives no key for it"
+                );
+            }
+            None
+        };
+        Ok(Self { core, validator })
+    }
 }
 
 /// Address ranges never queried unless `allow_private_servers` (loopback, private, link-local,
@@ -184,8 +225,8 @@ enum Reply {
 }
 
 impl Recursive {
-    /// Builds the resolver from configuration.
-    pub fn new(c: &ResolverConfig) -> Result<Self, ResolveError> {
+    /// Builds the resolver from configuration; `dnssec` sets DO on every query.
+    fn new(c: &ResolverConfig, dnssec: bool) -> Result<Self, ResolveError> {
         let (text, file) = match &c.root_hints {
             Some(p) => (
                 std::fs::read_to_string(p)
@@ -206,7 +247,16 @@ impl Recursive {
             infra: Mutex::new(HashMap::new()),
             delegations: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
+            dnssec,
         })
+    }
+
+    /// The final response of the zone that answers `name`/`qtype`, as its server sent it
+    /// (signatures and proofs included): what the validator asks for.
+    pub(super) async fn raw(&self, name: &Name, qtype: RecordType) -> Result<Message, String> {
+        Box::pin(self.iterate(&mut Ctx::new(), name, qtype))
+            .await
+            .map_err(|f| f.message)
     }
 
     fn server(&self, ip: IpAddr) -> Server {
@@ -354,11 +404,33 @@ impl Recursive {
     }
 
     /// Resolves `name`/`qtype`, following CNAMEs across zones.
-    async fn lookup(&self, ctx: &mut Ctx, name: &Name, qtype: RecordType) -> Result<Answer, Fail> {
+    /// With a validator, every step of the chain is validated: the answer is secure only if
+    /// all are, and a bogus step fails the whole (EDE 6).
+    async fn lookup(
+        &self,
+        ctx: &mut Ctx,
+        name: &Name,
+        qtype: RecordType,
+        validator: Option<&Validator>,
+    ) -> Result<Answer, Fail> {
         let mut chain: Vec<hickory_proto::rr::Record> = Vec::new();
         let mut current = lower(name);
+        let mut secure = validator.is_some();
         for _ in 0..MAX_CNAMES {
             let msg = Box::pin(self.iterate(ctx, &current, qtype)).await?;
+            let msg = match validator {
+                None => msg,
+                Some(v) => match v.check(&current, qtype, msg).await {
+                    Verdict::Secure(m) => m,
+                    Verdict::Insecure(m) => {
+                        secure = false;
+                        m
+                    }
+                    Verdict::Bogus(why) => {
+                        return Err(fail(Failure::Bogus, format!("DNSSEC bogus: {why}")));
+                    }
+                },
+            };
             let mut a = Answer::from_response(&current, qtype, msg);
             // Where the chain in this answer ended, and whether it ended in the data.
             let mut end = current.clone();
@@ -389,6 +461,7 @@ impl Recursive {
                     rcode: a.rcode,
                     answers: chain,
                     authorities: a.authorities,
+                    secure,
                 });
             }
             if chain
@@ -513,6 +586,7 @@ impl Recursive {
             rd: false,
             caps: !s.no_caps,
             timeout,
+            dnssec: self.dnssec,
         };
         let sent = Instant::now();
         let mut r = self.client.udp(ask).await;
@@ -667,7 +741,7 @@ impl Recursive {
                     ctx.depth += 1;
                     ctx.resolving.push(ns.clone());
                     let timed_out = ctx.timed_out;
-                    let r = Box::pin(self.lookup(ctx, &ns, RecordType::A)).await;
+                    let r = Box::pin(self.lookup(ctx, &ns, RecordType::A, None)).await;
                     ctx.timed_out = timed_out;
                     ctx.resolving.pop();
                     ctx.depth -= 1;
@@ -694,16 +768,16 @@ impl Recursive {
 }
 
 #[async_trait]
-impl Backend for Recursive {
-    async fn resolve(&self, name: &Name, qtype: RecordType) -> Result<Answer, ResolveError> {
-        let mut ctx = Ctx {
-            queries: 0,
-            depth: 0,
-            resolving: Vec::new(),
-            timed_out: false,
-            network_error: false,
-        };
-        self.lookup(&mut ctx, name, qtype)
+impl Backend for RecursiveBackend {
+    async fn resolve(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        checking_disabled: bool,
+    ) -> Result<Answer, ResolveError> {
+        let validator = self.validator.as_ref().filter(|_| !checking_disabled);
+        self.core
+            .lookup(&mut Ctx::new(), name, qtype, validator)
             .await
             .map_err(|f| ResolveError::Failed {
                 name: name.to_string(),
@@ -715,6 +789,10 @@ impl Backend for Recursive {
 
     fn kind(&self) -> &'static str {
         "recursive"
+    }
+
+    fn validates(&self) -> bool {
+        self.validator.is_some()
     }
 }
 

@@ -5,6 +5,7 @@ mod support;
 mod alerts;
 mod allowlists;
 mod differential;
+mod dnssec;
 mod feeds;
 mod hardening;
 mod mail;
