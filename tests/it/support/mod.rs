@@ -504,10 +504,7 @@ impl Cleanpipe {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cleanpipe"));
         cmd.args(["serve", "--config"])
             .arg(self.dir.join("cleanpipe.yaml"))
-            .env(
-                "RUST_LOG",
-                "info,cleanpipe=debug,hickory_net=warn",
-            )
+            .env("RUST_LOG", "info,cleanpipe=debug,hickory_net=warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
