@@ -693,6 +693,11 @@ pub struct Upstream {
     /// Its port. Default: 53.
     #[serde(default = "default_dns_port")]
     pub port: u16,
+    /// A trusted DNSSEC validator (your own validating resolver, reached over a path you
+    /// trust): cleanpipe asks it with DO, passes on its AD bit to clients that set DO or AD, and
+    /// passes a client's CD bit to it. Default: false (AD from it is ignored).
+    #[serde(default)]
+    pub validator: bool,
 }
 
 /// `cache:` — the answer cache in front of both backends.

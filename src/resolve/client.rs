@@ -142,6 +142,8 @@ pub struct Ask<'a> {
     pub timeout: Duration,
     /// Set the DO bit (ask for signatures and denial proofs: validation is on).
     pub dnssec: bool,
+    /// Set the CD bit (a trusted validator upstream is not to validate).
+    pub cd: bool,
 }
 
 /// The pool of UDP sockets (opened on first use, on the runtime that resolves).
@@ -239,7 +241,7 @@ impl Client {
             );
             id
         };
-        let bytes = query_bytes(id, &asked, a.qtype, a.rd, a.dnssec)
+        let bytes = query_bytes(id, &asked, a.qtype, a.rd, a.dnssec, a.cd)
             .map_err(|message| ExchangeError::Format { server, message })?;
         if let Err(e) = sock.socket.send_to(&bytes, server).await {
             sock.waiting.lock().await.remove(&id);
@@ -268,7 +270,7 @@ impl Client {
         let id: u16 = rand::random();
         let format = |message: String| ExchangeError::Format { server, message };
         let io = |source| ExchangeError::Io { server, source };
-        let bytes = query_bytes(id, a.name, a.qtype, a.rd, a.dnssec).map_err(format)?;
+        let bytes = query_bytes(id, a.name, a.qtype, a.rd, a.dnssec, a.cd).map_err(format)?;
         let exchange = async {
             let mut s = TcpStream::connect(server).await.map_err(io)?;
             let len = u16::try_from(bytes.len()).map_err(|_| format("query too long".into()))?;
@@ -341,10 +343,12 @@ fn query_bytes(
     qtype: RecordType,
     rd: bool,
     dnssec: bool,
+    cd: bool,
 ) -> Result<Vec<u8>, String> {
     let mut m = Message::query();
     m.metadata.id = id;
     m.metadata.recursion_desired = rd;
+    m.metadata.checking_disabled = cd;
     m.add_query(Query::query(name.clone(), qtype));
     let mut edns = Edns::new();
     edns.set_max_payload(crate::wire::MAX_UDP_PAYLOAD);

@@ -4,6 +4,10 @@
 //! IDs and ports, DNS 0x20 that the answer must echo, answers only from the upstream asked,
 //! canonical case restored). Truncated answers are retried over TCP. SERVFAIL, REFUSED and
 //! timeouts move on to the next upstream; every upstream gets two tries.
+//!
+//! The forwarder does not validate DNSSEC. Upstreams marked `validator: true` (trusted
+//! validating resolvers) are asked with DO, get the client's CD bit, and their AD bit is passed
+//! on; AD from any other upstream is ignored.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +23,8 @@ use crate::config::ResolverConfig;
 /// The forwarding backend.
 pub struct Forward {
     upstreams: Vec<SocketAddr>,
+    /// Per upstream: a trusted validator.
+    validators: Vec<bool>,
     timeout: Duration,
     client: Client,
     /// Upstreams that do not echo the question's letter case, until when they are asked
@@ -55,6 +61,7 @@ impl Forward {
                 .iter()
                 .map(|u| SocketAddr::new(u.address, u.port))
                 .collect(),
+            validators: c.forward.iter().map(|u| u.validator).collect(),
             timeout: Duration::from_secs(c.query_timeout_secs.max(1)),
             client: Client::new(),
             no_caps: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -90,6 +97,7 @@ impl Forward {
         name: &'a Name,
         qtype: RecordType,
         caps: bool,
+        validator: Option<bool>,
     ) -> Ask<'a> {
         Ask {
             server: upstream,
@@ -98,7 +106,8 @@ impl Forward {
             rd: true,
             caps,
             timeout: self.timeout,
-            dnssec: false,
+            dnssec: validator.is_some(),
+            cd: validator == Some(true),
         }
     }
 }
@@ -109,25 +118,30 @@ impl Backend for Forward {
         &self,
         name: &Name,
         qtype: RecordType,
-        _checking_disabled: bool,
+        checking_disabled: bool,
     ) -> Result<Answer, ResolveError> {
         let mut last: Option<ExchangeError> = None;
         for _ in 0..2 {
-            for &upstream in &self.upstreams {
+            for (&upstream, &trusted) in self.upstreams.iter().zip(&self.validators) {
+                // A trusted validator: DO (so that it says AD), and the client's CD.
+                let v = trusted.then_some(checking_disabled);
                 let caps = !self.caps_off(upstream);
-                let mut msg = self.client.udp(self.ask(upstream, name, qtype, caps)).await;
+                let mut msg = self
+                    .client
+                    .udp(self.ask(upstream, name, qtype, caps, v))
+                    .await;
                 if let Err(ExchangeError::CaseMismatch { .. }) = msg {
                     // No 0x20 there: ask again at once in plain lowercase.
                     self.turn_caps_off(upstream);
                     msg = self
                         .client
-                        .udp(self.ask(upstream, name, qtype, false))
+                        .udp(self.ask(upstream, name, qtype, false, v))
                         .await;
                 }
                 let msg = match msg {
                     Ok(m) if m.metadata.truncation => {
                         self.client
-                            .tcp(self.ask(upstream, name, qtype, false))
+                            .tcp(self.ask(upstream, name, qtype, false, v))
                             .await
                     }
                     other => other,
@@ -142,7 +156,10 @@ impl Backend for Forward {
                 };
                 match msg.metadata.response_code {
                     ResponseCode::NoError | ResponseCode::NXDomain => {
-                        return Ok(Answer::from_response(name, qtype, msg));
+                        let secure = v == Some(false) && msg.metadata.authentic_data;
+                        let mut a = Answer::from_response(name, qtype, msg);
+                        a.secure = secure;
+                        return Ok(a);
                     }
                     rcode => {
                         let e = ExchangeError::Rcode {
@@ -170,5 +187,9 @@ impl Backend for Forward {
 
     fn kind(&self) -> &'static str {
         "forward"
+    }
+
+    fn validates(&self) -> bool {
+        self.validators.iter().any(|v| *v)
     }
 }

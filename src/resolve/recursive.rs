@@ -587,6 +587,7 @@ impl Recursive {
             caps: !s.no_caps,
             timeout,
             dnssec: self.dnssec,
+            cd: false,
         };
         let sent = Instant::now();
         let mut r = self.client.udp(ask).await;

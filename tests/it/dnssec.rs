@@ -481,3 +481,94 @@ fn without_a_trust_anchor_for_a_private_root_nothing_is_validated() {
         "not validated: answered"
     );
 }
+
+/// A validating upstream, scripted: AD on `signed.fwd.example.` when asked with DO; SERVFAIL for
+/// `bogus.fwd.example.` unless asked with CD (then the data).
+fn validating_upstream(ip: &str, port: u16) -> support::auth::AuthServer {
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    let script: support::auth::Script = std::sync::Arc::new(|req: &Message, _udp: bool| {
+        let q = req.queries.first()?.clone();
+        let dnssec_ok = req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+        m.add_query(q.clone());
+        m.metadata.recursion_available = true;
+        let a =
+            |last: u8| Record::from_rdata(q.name().clone(), 300, RData::A(A::new(192, 0, 2, last)));
+        match q.name().to_ascii().to_ascii_lowercase().as_str() {
+            "signed.fwd.example." => {
+                m.metadata.authentic_data = dnssec_ok;
+                m.add_answer(a(91));
+            }
+            "bogus.fwd.example." if req.metadata.checking_disabled => {
+                m.add_answer(a(92));
+            }
+            "bogus.fwd.example." => m.metadata.response_code = ResponseCode::ServFail,
+            _ => m.metadata.response_code = ResponseCode::NXDomain,
+        }
+        Some(m)
+    });
+    let addr: IpAddr = ip.parse().expect("ip");
+    support::background()
+        .block_on(support::auth::start_scripted(addr, port, script))
+        .expect("scripted upstream")
+}
+
+#[test]
+fn forward_mode_passes_ad_and_cd_only_with_an_upstream_marked_as_a_trusted_validator() {
+    let _upstream = validating_upstream("127.0.99.7", 5354);
+    let trusted = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.7\n      port: 5354\n      validator: true\n",
+        "",
+        &[],
+    );
+    let m = ask(trusted.dns, "signed.fwd.example.", RecordType::A, DO);
+    assert_eq!(support::addresses(&m), vec!["192.0.2.91"]);
+    assert!(
+        m.metadata.authentic_data,
+        "AD from a trusted validator, for a DO client"
+    );
+    let m = ask(trusted.dns, "signed.fwd.example.", RecordType::A, PLAIN);
+    assert!(
+        !m.metadata.authentic_data,
+        "no AD for a client that did not ask"
+    );
+    let m = ask(trusted.dns, "bogus.fwd.example.", RecordType::A, DO);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let m = ask(
+        trusted.dns,
+        "bogus.fwd.example.",
+        RecordType::A,
+        Bits { cd: true, ..DO },
+    );
+    assert_eq!(
+        support::addresses(&m),
+        vec!["192.0.2.92"],
+        "CD passed to the validator"
+    );
+    assert!(!m.metadata.authentic_data);
+
+    // The same upstream, not marked: asked without DO, its AD never reaches a client.
+    let untrusted = Cleanpipe::start(
+        "  mode: forward\n  forward:\n    - address: 127.0.99.7\n      port: 5354\n",
+        "",
+        &[],
+    );
+    let m = ask(untrusted.dns, "signed.fwd.example.", RecordType::A, DO);
+    assert_eq!(support::addresses(&m), vec!["192.0.2.91"]);
+    assert!(
+        !m.metadata.authentic_data,
+        "AD from an untrusted upstream is not passed on"
+    );
+    let m = ask(
+        untrusted.dns,
+        "bogus.fwd.example.",
+        RecordType::A,
+        Bits { cd: true, ..DO },
+    );
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "CD not passed on"
+    );
+}
