@@ -516,9 +516,9 @@ fn validating_upstream(ip: &str, port: u16) -> support::auth::AuthServer {
 
 #[test]
 fn forward_mode_passes_ad_and_cd_only_with_an_upstream_marked_as_a_trusted_validator() {
-    let _upstream = validating_upstream("127.0.99.7", 5354);
+    let _upstream = validating_upstream("127.0.99.27", 5354);
     let trusted = Cleanpipe::start(
-        "  mode: forward\n  forward:\n    - address: 127.0.99.7\n      port: 5354\n      validator: true\n",
+        "  mode: forward\n  forward:\n    - address: 127.0.99.27\n      port: 5354\n      validator: true\n",
         "",
         &[],
     );
@@ -550,7 +550,7 @@ fn forward_mode_passes_ad_and_cd_only_with_an_upstream_marked_as_a_trusted_valid
 
     // The same upstream, not marked: asked without DO, its AD never reaches a client.
     let untrusted = Cleanpipe::start(
-        "  mode: forward\n  forward:\n    - address: 127.0.99.7\n      port: 5354\n",
+        "  mode: forward\n  forward:\n    - address: 127.0.99.27\n      port: 5354\n",
         "",
         &[],
     );
