@@ -310,6 +310,65 @@ mod tests {
         }
     }
 
+    /// `a.example. A` from `*.example.`: the data, its wildcard signature (one label), and an
+    /// NSEC from `*.example.` to `next` - each with the proof hickory gave it.
+    fn wildcard_answer(sig_labels: u8, next: &str, nsec_proof: Proof) -> Message {
+        use hickory_proto::dnssec::Algorithm;
+        use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC, RRSIG, SigInput};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record, SerialNumber};
+        let n = |s: &str| Name::from_ascii(s).expect("name");
+        let mut m = Message::query();
+        let mut data = Record::from_rdata(n("a.example."), 300, RData::A(A::new(192, 0, 2, 1)));
+        data.proof = Proof::Secure;
+        let input = SigInput {
+            type_covered: RecordType::A,
+            algorithm: Algorithm::ECDSAP256SHA256,
+            num_labels: sig_labels,
+            original_ttl: 300,
+            sig_expiration: SerialNumber::new(0),
+            sig_inception: SerialNumber::new(0),
+            key_tag: 1,
+            signer_name: n("example."),
+        };
+        let mut sig = Record::from_rdata(
+            n("a.example."),
+            300,
+            RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, vec![]))),
+        );
+        sig.proof = Proof::Secure;
+        let mut nsec = Record::from_rdata(
+            n("*.example."),
+            300,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(
+                n(next),
+                [RecordType::A, RecordType::RRSIG, RecordType::NSEC],
+            ))),
+        );
+        nsec.proof = nsec_proof;
+        m.add_answer(data);
+        m.add_answer(sig);
+        m.add_authority(nsec);
+        m
+    }
+
+    #[test]
+    fn a_wildcard_expansion_one_label_below_is_accepted_only_with_its_proof() {
+        let name = Name::from_ascii("a.example.").expect("name");
+        let ok = |m: Message| wildcard_one_label_below(&name, RecordType::A, &m);
+        assert!(ok(wildcard_answer(1, "b.example.", Proof::Secure)));
+        // The NSEC did not validate, or does not cover the name, or the signature is not a
+        // wildcard's: not accepted.
+        assert!(!ok(wildcard_answer(1, "b.example.", Proof::Bogus)));
+        assert!(!ok(wildcard_answer(1, "a.example.", Proof::Secure)));
+        assert!(!ok(wildcard_answer(2, "b.example.", Proof::Secure)));
+        assert!(!wildcard_one_label_below(
+            &name,
+            RecordType::AAAA,
+            &wildcard_answer(1, "b.example.", Proof::Secure)
+        ));
+    }
+
     #[test]
     fn a_trust_anchor_file_without_keys_is_refused() {
         assert!(parse_anchors("; nothing here\n").is_err());
