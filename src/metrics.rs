@@ -74,6 +74,8 @@ pub const TRUSTED_ONLY: &str = "cleanpipe_global_trusted_only";
 pub const STALE_ANSWERS: &str = "cleanpipe_stale_answers_total";
 /// Cache entries refreshed in the background before they expired.
 pub const PREFETCHES: &str = "cleanpipe_prefetches_total";
+/// DNSSEC validations of upstream answers, by `result` (secure, insecure, bogus).
+pub const DNSSEC: &str = "cleanpipe_dnssec_validations_total";
 /// Answers sent, by `rcode` (as dig spells it: NOERROR, NXDOMAIN, SERVFAIL, REFUSED...).
 pub const RESPONSES: &str = "cleanpipe_responses_total";
 /// Time from a query's arrival to its answer, by `transport` and `source` (cache, synthesized,
@@ -182,6 +184,10 @@ pub fn describe() {
         "Answers served stale because refreshing them failed (RFC 8767)"
     );
     metrics::describe_counter!(PREFETCHES, "Cache entries refreshed before they expired");
+    metrics::describe_counter!(
+        DNSSEC,
+        "DNSSEC validations of upstream answers, by result (secure, insecure, bogus)"
+    );
     metrics::describe_histogram!(
         RESPONSE_SECONDS,
         metrics::Unit::Seconds,
@@ -267,6 +273,9 @@ pub fn register_zero(backend: &'static str) {
     }
     for result in ["ok", "failed"] {
         metrics::counter!(DELIVERIES, "result" => result).increment(0);
+    }
+    for result in ["secure", "insecure", "bogus"] {
+        metrics::counter!(DNSSEC, "result" => result).increment(0);
     }
     for transport in ["tcp", "tls", "https", "admin", "page"] {
         metrics::gauge!(CONNECTIONS_OPEN, "transport" => transport).increment(0.0);

@@ -47,6 +47,17 @@ pub enum Verdict {
     Bogus(String),
 }
 
+impl Verdict {
+    /// The `result` label of the validation metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Secure(_) => "secure",
+            Verdict::Insecure(_) => "insecure",
+            Verdict::Bogus(_) => "bogus",
+        }
+    }
+}
+
 /// The validator of one recursive backend.
 pub struct Validator {
     handle: DnssecDnsHandle<Inner>,

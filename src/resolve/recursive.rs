@@ -420,16 +420,21 @@ impl Recursive {
             let msg = Box::pin(self.iterate(ctx, &current, qtype)).await?;
             let msg = match validator {
                 None => msg,
-                Some(v) => match v.check(&current, qtype, msg).await {
-                    Verdict::Secure(m) => m,
-                    Verdict::Insecure(m) => {
-                        secure = false;
-                        m
+                Some(v) => {
+                    let verdict = v.check(&current, qtype, msg).await;
+                    metrics::counter!(crate::metrics::DNSSEC, "result" => verdict.label())
+                        .increment(1);
+                    match verdict {
+                        Verdict::Secure(m) => m,
+                        Verdict::Insecure(m) => {
+                            secure = false;
+                            m
+                        }
+                        Verdict::Bogus(why) => {
+                            return Err(fail(Failure::Bogus, format!("DNSSEC bogus: {why}")));
+                        }
                     }
-                    Verdict::Bogus(why) => {
-                        return Err(fail(Failure::Bogus, format!("DNSSEC bogus: {why}")));
-                    }
-                },
+                }
             };
             let mut a = Answer::from_response(&current, qtype, msg);
             // Where the chain in this answer ended, and whether it ended in the data.

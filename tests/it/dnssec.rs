@@ -425,6 +425,20 @@ fn signed_answers_get_ad_bogus_ones_servfail_with_ede_6_and_unsigned_ones_pass()
     let m = ask(cp.dns, "www.bogus.sec.", RecordType::A, DO);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 
+    // Operators see the results: www.bogus and www.expired failed (once each, then from the
+    // failure cache), the secure names passed, the island was insecure.
+    let text = cp.metrics();
+    let count = |result: &str| {
+        support::metric(
+            &text,
+            "cleanpipe_dnssec_validations_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(count("bogus"), Some(2.0), "{text}");
+    assert!(count("secure") >= Some(6.0), "{text}");
+    assert!(count("insecure") >= Some(2.0), "{text}");
+
     // Policy answers are never AD, even for a name that validates.
     let m = ask_from(
         cp.dns,
