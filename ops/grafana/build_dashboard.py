@@ -239,6 +239,10 @@ def dashboard():
                      "Cache misses that waited for an identical question already on its way upstream; a high rate is normal under popular-name bursts and protects the upstream.",
                      [(f"sum by (instance) (rate({sel('cleanpipe_upstream_joined_total')}[{RI}]))", "{{instance}}")],
                      unit="reqps"), 8, 8)
+    L.add(timeseries("DNSSEC validations by result",
+                     "Upstream answers validated in recursive mode: secure (AD), insecure (unsigned zones) and bogus (SERVFAIL, EDE 6); bogus should stay a thin line, a jump is a wrong clock or a broken domain.",
+                     [(f"sum by (result) (rate({sel('cleanpipe_dnssec_validations_total')}[{RI}]))", "{{result}}")],
+                     unit="reqps"), 8, 8)
 
     # ------------------------------------------------------------------ Policy
     L.row("Policy")
