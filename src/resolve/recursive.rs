@@ -172,6 +172,15 @@ impl RecursiveBackend {
         let validating = dnssec::enabled(c);
         let core = Arc::new(Recursive::new(c, validating)?);
         let validator = if validating {
+            let anchor = c.dnssec.trust_anchor.as_ref().map_or_else(
+                || "the IANA root keys".to_owned(),
+                |p| p.display().to_string(),
+            );
+            tracing::info!(
+                trust_anchor = %anchor,
+                negative_trust_anchors = c.dnssec.negative_trust_anchors.len(),
+                "DNSSEC validation on"
+            );
             Some(Validator::new(core.clone(), &c.dnssec).map_err(ResolveError::Setup)?)
         } else {
             if c.dnssec.validate {
