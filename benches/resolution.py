@@ -144,13 +144,14 @@ def zone_text(origin, ns, body=""):
     return t + body
 
 
-def knot(work, tag, listen, zones):
-    """Config for one knotd serving `zones` {origin: text} on `listen` addresses (port 53)."""
+def knot(work, tag, listen, zones, stats=""):
+    """Config for one knotd serving `zones` {origin: text} on `listen` addresses (port 53);
+    `stats`: more mod-stats options (lines, e.g. "    query-type: on\n")."""
     d = os.path.join(work, tag)
     os.makedirs(d)
     conf = (f"server:\n  listen: [{', '.join(a + '@53' for a in listen)}]\n  rundir: {d}\n  user: root:root\n"
             f"control:\n  listen: {d}/knot.sock\ndatabase:\n  storage: {d}\n"
-            "log:\n  - target: stderr\n    any: error\nmod-stats:\n  - id: s\n"
+            "log:\n  - target: stderr\n    any: error\nmod-stats:\n  - id: s\n" + stats +
             "template:\n  - id: default\n    global-module: mod-stats/s\nzone:\n")
     for origin, text in zones.items():
         path = os.path.join(d, (origin.rstrip(".") or "root") + ".zone")
