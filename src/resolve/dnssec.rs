@@ -277,7 +277,11 @@ impl Inner {
             .cloned()
             .ok_or_else(|| NetError::from("no question"))?;
         let k = key(q.name(), q.query_type());
-        let msg = match self.cached(&k) {
+        let from_referral = || match k.1 {
+            RecordType::DS => self.core.referral_ds(&k.0),
+            _ => None,
+        };
+        let msg = match self.cached(&k).or_else(from_referral) {
             Some(m) => m,
             None => {
                 let m = self.core.raw(&k.0, k.1).await.map_err(NetError::from)?;

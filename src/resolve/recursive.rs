@@ -158,6 +158,9 @@ pub struct Recursive {
     addresses: Mutex<HashMap<Name, (Vec<IpAddr>, Instant)>>,
     /// Ask with DO (validation is on): signatures, DS and denial proofs come with the data.
     dnssec: bool,
+    /// Signed DS records seen in referrals (zone -> DS and RRSIG records, until they expire),
+    /// so that the validator need not ask the parent again.
+    referral_ds: Mutex<HashMap<Name, (Vec<hickory_proto::rr::Record>, Instant)>>,
 }
 
 /// The recursive backend: the resolver and, when DNSSEC validation is on, its validator.
@@ -257,7 +260,63 @@ impl Recursive {
             delegations: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
             dnssec,
+            referral_ds: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The signed DS RRset of `zone` as its parent's referral gave it, as a DS response (for
+    /// the validator, which checks the signature like any other).
+    pub(super) fn referral_ds(&self, zone: &Name) -> Option<Message> {
+        let mut m = self.referral_ds.lock().unwrap_or_else(|p| p.into_inner());
+        let key = lower(zone);
+        let records = match m.get(&key) {
+            Some((r, until)) if *until > Instant::now() => r.clone(),
+            Some(_) => {
+                m.remove(&key);
+                return None;
+            }
+            None => return None,
+        };
+        drop(m);
+        let mut msg = Message::response(0, hickory_proto::op::OpCode::Query);
+        msg.metadata.authoritative = true;
+        msg.add_query(hickory_proto::op::Query::query(key, RecordType::DS));
+        msg.add_answers(records);
+        Some(msg)
+    }
+
+    /// Keeps the DS RRset and its signatures from a referral to `cut` (validation only).
+    fn remember_referral_ds(&self, cut: &Name, authorities: &[hickory_proto::rr::Record]) {
+        use hickory_proto::dnssec::rdata::DNSSECRData;
+        let records: Vec<hickory_proto::rr::Record> = authorities
+            .iter()
+            .filter(|r| r.name.eq_ignore_root(cut))
+            .filter(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::DS(_)) => true,
+                RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
+                    sig.input().type_covered == RecordType::DS
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        let has_ds = records.iter().any(|r| r.record_type() == RecordType::DS);
+        let has_sig = records.iter().any(|r| r.record_type() == RecordType::RRSIG);
+        if !has_ds || !has_sig {
+            return;
+        }
+        let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0).min(3600);
+        let mut m = self.referral_ds.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        m.insert(
+            lower(cut),
+            (
+                records,
+                Instant::now() + Duration::from_secs(u64::from(ttl)),
+            ),
+        );
     }
 
     /// The final response of the zone that answers `name`/`qtype`, as its server sent it
@@ -711,6 +770,9 @@ impl Recursive {
                     addrs.push(ip);
                     self.remember_addresses(&g.name, &[ip], g.ttl);
                 }
+            }
+            if self.dnssec {
+                self.remember_referral_ds(&cut, &msg.authorities);
             }
             return Reply::Referral(Delegation {
                 zone: lower(&cut),
