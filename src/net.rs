@@ -301,6 +301,33 @@ impl Connections {
     }
 }
 
+/// The next connection that `conns` admits, `None` once `stop` turns true: the accept loop of
+/// every TCP listener (DNS over TCP, TLS and HTTPS, the page and the admin API). Refused
+/// connections are closed at once; failed accepts back off (see [`accept_backoff`]).
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    conns: &Arc<Connections>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, Slot)> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                if let Ok(slot) = conns.admit(peer.ip()) {
+                    return Some((stream, peer, slot));
+                }
+                drop(stream); // refused: closed at once
+            }
+            Err(e) => accept_backoff(conns, &e, &mut backoff).await,
+        }
+    }
+}
+
 /// Waits out an `accept` failure without spinning: out of file descriptors, the idlest
 /// connection is closed first.
 pub async fn accept_backoff(conns: &Connections, e: &std::io::Error, backoff: &mut Duration) {

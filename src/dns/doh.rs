@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::tls::{Tls, handshake};
 use super::{Client, Pipeline, Transport};
-use crate::net::{Slot, accept_backoff};
+use crate::net::{Slot, accept};
 use crate::wire;
 
 /// The largest DNS message.
@@ -37,25 +37,7 @@ pub async fn serve(
     pipeline: Arc<Pipeline>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(10);
-                a
-            }
-            Err(e) => {
-                accept_backoff(&tls.doh_conns, &e, &mut backoff).await;
-                continue;
-            }
-        };
-        let Ok(slot) = tls.doh_conns.admit(peer.ip()) else {
-            continue;
-        };
+    while let Some((stream, peer, slot)) = accept(&listener, &tls.doh_conns, &mut stop).await {
         let (acceptor, timeout, pipeline, stop) = (
             tls.doh.clone(),
             tls.handshake_timeout,

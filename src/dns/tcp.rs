@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Client, Pipeline, Step, Transport};
-use crate::net::{Connections, Slot, accept_backoff};
+use crate::net::{Connections, Slot, accept};
 
 /// Accepts DNS-over-TCP connections until `stop` turns true.
 pub async fn serve(
@@ -37,26 +37,7 @@ pub async fn serve(
     conns: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(10);
-                a
-            }
-            Err(e) => {
-                accept_backoff(&conns, &e, &mut backoff).await;
-                continue;
-            }
-        };
-        let Ok(slot) = conns.admit(peer.ip()) else {
-            drop(stream); // refused: closed at once
-            continue;
-        };
+    while let Some((stream, peer, slot)) = accept(&listener, &conns, &mut stop).await {
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,

@@ -23,7 +23,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
 use super::{Pipeline, Transport};
-use crate::net::{Connections, accept_backoff};
+use crate::net::{Connections, accept};
 
 /// Why the certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -217,25 +217,7 @@ pub async fn serve_dot(
     pipeline: Arc<Pipeline>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(10);
-                a
-            }
-            Err(e) => {
-                accept_backoff(&tls.dot_conns, &e, &mut backoff).await;
-                continue;
-            }
-        };
-        let Ok(slot) = tls.dot_conns.admit(peer.ip()) else {
-            continue;
-        };
+    while let Some((stream, peer, slot)) = accept(&listener, &tls.dot_conns, &mut stop).await {
         let (acceptor, timeout, pipeline, stop) = (
             tls.dot.clone(),
             tls.handshake_timeout,

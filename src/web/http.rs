@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::net::{Connections, accept_backoff};
+use crate::net::{Connections, accept};
 
 /// How long a connection may take to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -41,27 +41,8 @@ pub async fn serve(
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(10);
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(10);
-                a
-            }
-            Err(e) => {
-                accept_backoff(&limits.conns, &e, &mut backoff).await;
-                continue;
-            }
-        };
-        let Ok(slot) = limits.conns.admit(peer.ip()) else {
-            drop(stream);
-            continue;
-        };
+    while let Some((stream, peer, slot)) = accept(&listener, &limits.conns, &mut stop).await {
         let (app, request_timeout, stop) = (app.clone(), limits.request_timeout, stop.clone());
         tasks.spawn(connection(stream, peer, app, slot, request_timeout, stop));
         while tasks.try_join_next().is_some() {}
