@@ -173,66 +173,60 @@ pub fn duration(secs: i64) -> String {
     }
 }
 
-/// `cleanpipe alerts list`.
-pub fn alerts(v: &Value) -> String {
+/// A table of the objects in the array `v`, a row each made by `row`; `empty` when there are
+/// none.
+fn list(v: &Value, headers: &[&str], empty: &str, row: impl Fn(&Value) -> Vec<String>) -> String {
     let rows: Vec<Vec<String>> = v
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    vec![
-                        format!("#{}", text(&r["id"])),
-                        text(&r["state"]),
-                        text(&r["org"]),
-                        text(&r["prefix"]),
-                        text(&r["signature"]),
-                        text(&r["first_seen"]),
-                        text(&r["deadline"]),
-                        text(&r["sightings"]),
-                    ]
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(&row).collect())
         .unwrap_or_default();
     if rows.is_empty() {
-        return "no alerts\n".into();
+        return format!("{empty}\n");
     }
-    table(
-        &[
-            "ALERT",
-            "STATE",
-            "ORGANISATION",
-            "HOST",
-            "SIGNATURE",
-            "FIRST SEEN",
-            "DEADLINE",
-            "SIGHTINGS",
-        ],
-        &rows,
-    )
+    table(headers, &rows)
+}
+
+/// `cleanpipe alerts list`.
+pub fn alerts(v: &Value) -> String {
+    let headers = [
+        "ALERT",
+        "STATE",
+        "ORGANISATION",
+        "HOST",
+        "SIGNATURE",
+        "FIRST SEEN",
+        "DEADLINE",
+        "SIGHTINGS",
+    ];
+    list(v, &headers, "no alerts", |r| {
+        vec![
+            format!("#{}", text(&r["id"])),
+            text(&r["state"]),
+            text(&r["org"]),
+            text(&r["prefix"]),
+            text(&r["signature"]),
+            text(&r["first_seen"]),
+            text(&r["deadline"]),
+            text(&r["sightings"]),
+        ]
+    })
 }
 
 /// `cleanpipe audit`.
 pub fn audit(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    vec![
-                        text(&r["at"]),
-                        text(&r["actor"]),
-                        text(&r["action"]),
-                        text(&r["detail"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if rows.is_empty() {
-        return "no changes recorded\n".into();
-    }
-    table(&["AT", "ACTOR", "ACTION", "DETAIL"], &rows)
+    list(
+        v,
+        &["AT", "ACTOR", "ACTION", "DETAIL"],
+        "no changes recorded",
+        |r| {
+            vec![
+                text(&r["at"]),
+                text(&r["actor"]),
+                text(&r["action"]),
+                text(&r["detail"]),
+            ]
+        },
+    )
 }
 
 #[cfg(test)]
